@@ -1,0 +1,1 @@
+"""One module per ``gemma-desktop`` subcommand (see :mod:`gemma_desktop.cli`)."""

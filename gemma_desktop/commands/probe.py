@@ -1,0 +1,57 @@
+"""``gemma-desktop probe``: check this machine and print the report.
+
+Exit codes: 0 ready, 3 skipped, 1 error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--variant", metavar="ID", help="probe for this model instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gemma_desktop.core.probe import Outcome, run_probe
+
+    # Unreadable settings or an unsupported ATOMR_INFER_GEMMA_MODEL come back
+    # as an ``error`` report rather than an exception.
+    report = run_probe(variant_id=args.variant)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_table(report)
+    if report.outcome is Outcome.ERROR:
+        if not args.json:
+            print(f"\nerror: {report.reason}", file=sys.stderr)
+            if report.hint:
+                print(f"hint: {report.hint}", file=sys.stderr)
+        return 1
+    return 0 if report.outcome is Outcome.READY else 3
+
+
+def _print_table(report: object) -> None:
+    from gemma_desktop.core.probe import ProbeReport
+
+    assert isinstance(report, ProbeReport)
+    out = sys.stdout
+    out.write(f"Gemma Desktop probe — {report.variant}\n\n")
+    title_width = max((len(c.title) for c in report.checks), default=10)
+    for check in report.checks:
+        out.write(f"  {_MARK[check.status.value]:<4}  {check.title:<{title_width}}  {check.reason}\n")
+        if check.hint:
+            out.write(f"  {'':<4}  {'':<{title_width}}  → {check.hint}\n")
+    out.write(f"\nOutcome: {report.outcome.value.upper()}")
+    if report.outcome.value != "ready":
+        out.write(f" — {report.reason}\n")
+        if report.hint:
+            out.write(f"Hint: {report.hint}\n")
+    else:
+        out.write(f" — {report.reason}\n")

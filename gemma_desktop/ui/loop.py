@@ -1,0 +1,39 @@
+"""The app's asyncio event loop on top of Qt (qasync), fixed for vLLM.
+
+vLLM calls ``loop.run_in_executor(executor=..., func=...)`` with keyword
+arguments, the standard asyncio signature. qasync 0.28 names the second
+parameter ``callback``, so those calls fail with ``TypeError`` and every
+``generate()`` ends in ``EngineGenerateError``. :class:`AppEventLoop` accepts
+the standard names. The app, the CLI and the tests all create their loop here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import qasync
+from PySide6.QtWidgets import QApplication
+
+T = TypeVar("T")
+
+
+class AppEventLoop(qasync.QEventLoop):  # type: ignore[misc]
+    """A ``qasync.QEventLoop`` whose ``run_in_executor`` takes asyncio's parameter names."""
+
+    def run_in_executor(  # type: ignore[override]
+        self,
+        executor: Executor | None,
+        func: Callable[..., T],
+        *args: Any,
+    ) -> asyncio.Future[T]:
+        return super().run_in_executor(executor, func, *args)  # type: ignore[no-any-return]
+
+
+def create_loop(app: QApplication, *, already_running: bool = False) -> AppEventLoop:
+    """Create the app's loop and make it the current asyncio loop."""
+    loop = AppEventLoop(app, already_running=already_running)
+    asyncio.set_event_loop(loop)
+    return loop

@@ -1,0 +1,71 @@
+"""Test-wide isolation: every test runs with its own config, data, state and HF dirs.
+
+The bundled model is provisioned once into ``build/models`` (kept between
+runs, like a user's data dir) because converting it takes about a minute.
+The keyring defaults to keyring's real ``fail`` backend, so no test touches a
+developer's own keyring; the Secret Service fixture replaces it where needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "build" / "models"
+
+_SCRUBBED = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "ATOMR_INFER_GEMMA_AUTO",
+    "ATOMR_INFER_GEMMA_MODEL",
+    "ATOMR_INFER_GEMMA_DEPLOYMENT",
+    "ATOMR_INFER_GEMMA_GPU_UTIL",
+    "ATOMR_INFER_GEMMA_MAX_LEN",
+)
+
+# Shared fixture modules; each area adds its own file under tests/fixtures/.
+pytest_plugins = [
+    name
+    for name in (
+        "tests.fixtures.qt",
+        "tests.fixtures.engine",
+        "tests.fixtures.fakehub",
+        "tests.fixtures.keyring",
+        "tests.fixtures.display",
+    )
+    if importlib.util.find_spec(name) is not None
+]
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["GEMMA_DESKTOP_MODELS_DIR"] = str(MODELS_DIR)
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+for _name in _SCRUBBED:
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point every platform directory and the HF home at a fresh temporary tree."""
+    home = tmp_path / "home"
+    for var, sub in (
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
+        path = home / sub
+        path.mkdir(parents=True)
+        monkeypatch.setenv(var, str(path))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    for name in _SCRUBBED:
+        monkeypatch.delenv(name, raising=False)
+    yield home
