@@ -45,7 +45,9 @@ def _print_table(report: object) -> None:
     out.write(f"Gemma Desktop probe — {report.variant}\n\n")
     title_width = max((len(c.title) for c in report.checks), default=10)
     for check in report.checks:
-        out.write(f"  {_MARK[check.status.value]:<4}  {check.title:<{title_width}}  {check.reason}\n")
+        out.write(
+            f"  {_MARK[check.status.value]:<4}  {check.title:<{title_width}}  {check.reason}\n"
+        )
         if check.hint:
             out.write(f"  {'':<4}  {'':<{title_width}}  → {check.hint}\n")
     out.write(f"\nOutcome: {report.outcome.value.upper()}")
