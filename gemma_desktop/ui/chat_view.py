@@ -1,0 +1,706 @@
+"""The chat: a transcript that renders streaming Markdown, a composer, and the controls.
+
+:class:`TranscriptView` is one ``QTextBrowser`` for the whole conversation.
+Tokens are appended to a buffer (:meth:`TranscriptView.append_delta` costs
+O(1)); at most ~30 times a second the buffer is cut into complete Markdown
+blocks, each rendered once and inserted at the end of the document, and the
+unfinished last block is rendered again in place. The cost of a refresh
+depends on the size of the current block, not of the answer, so a
+20 000-token answer streams as smoothly at its end as at its start.
+
+:class:`ChatPanel` drives an :class:`~gemma_desktop.ui.engine_host.EngineHost`'s
+engine: send, Stop (aborts inside the engine), Regenerate, edit and resend the
+last message, New chat, system prompt, sampling controls and live figures.
+
+Signals (ChatPanel):
+    answer_finished(ResponseStats): an answer ended (any finish reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from PySide6.QtCore import QMimeData, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QDesktopServices,
+    QGuiApplication,
+    QKeyEvent,
+    QKeySequence,
+    QShortcut,
+    QTextBlockFormat,
+    QTextCharFormat,
+    QTextCursor,
+)
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gemma_desktop.core.engine import (
+    ChatMessage,
+    EngineError,
+    EngineState,
+    EngineStatus,
+    PromptTooLongError,
+    ResponseStats,
+    SamplingOptions,
+    StreamEnd,
+    TextDelta,
+)
+from gemma_desktop.ui import theme
+from gemma_desktop.ui.engine_host import EngineHost
+from gemma_desktop.ui.markdown import BlockSplitter, MarkdownRenderer, plain_to_html
+
+log = logging.getLogger(__name__)
+
+#: Refresh interval of the streaming answer (about 30 Hz).
+REFRESH_MS = 33
+#: User messages longer than this are shown shortened in the transcript (sent in full).
+PREVIEW_CHARS = 20_000
+
+
+@dataclass
+class _Message:
+    role: str
+    start: int  # document position where the message (and its separator) begins
+
+
+class TranscriptView(QTextBrowser):
+    """The conversation as rich text, with an answer that streams in.
+
+    Public slots: :meth:`add_user_message`, :meth:`begin_answer`,
+    :meth:`append_delta`, :meth:`flush`, :meth:`end_answer`,
+    :meth:`remove_last_message`, :meth:`clear_transcript`.
+
+    Signals:
+        code_copied(str): a code block's Copy link put this text on the clipboard.
+    """
+
+    code_copied = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("transcript")
+        self.setAccessibleName("Conversation")
+        self.setOpenLinks(False)
+        self.setUndoRedoEnabled(False)
+        self.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextBrowserInteraction
+            | Qt.TextInteractionFlag.TextSelectableByKeyboard
+        )
+        self.document().setDocumentMargin(16)
+        self.anchorClicked.connect(self._on_anchor)
+        self._renderer = MarkdownRenderer()
+        self._messages: list[_Message] = []
+        self._splitter = BlockSplitter()
+        self._pending: list[str] = []
+        self._streaming = False
+        self._tail_start = 0
+        self._tail_code_id: int | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.flush)
+        self.refresh_count = 0
+        self.apply_colors()
+
+    # --- appearance -------------------------------------------------------------
+
+    def apply_colors(self) -> None:
+        c = theme.colors()
+        self._renderer.set_colors(c.code_bg, c.code_header, c.muted)
+        mono = theme.monospace_font().family()
+        self.document().setDefaultStyleSheet(
+            f"pre {{ font-family: '{mono}'; margin: 0; }} code {{ font-family: '{mono}'; }}"
+            f"a {{ color: {c.accent}; }} h1, h2, h3 {{ margin-top: 10px; }}"
+        )
+
+    # --- structure ---------------------------------------------------------------
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    @property
+    def message_count(self) -> int:
+        return len(self._messages)
+
+    @property
+    def last_role(self) -> str | None:
+        return self._messages[-1].role if self._messages else None
+
+    def _end_cursor(self) -> QTextCursor:
+        cursor = QTextCursor(self.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        return cursor
+
+    def _new_block(self, cursor: QTextCursor) -> None:
+        """Start a clean paragraph, so no formatting leaks from the previous block."""
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+
+    def _begin_message(self, role: str, title: str) -> QTextCursor:
+        at_bottom = self._at_bottom()
+        cursor = self._end_cursor()
+        start = cursor.position()
+        if not self.document().isEmpty():
+            self._new_block(cursor)
+        c = theme.colors()
+        color = c.accent if role == "assistant" else c.muted
+        cursor.insertHtml(
+            f'<p style="margin-top:12px;"><span style="color:{color}; font-weight:600;">'
+            f"{title}</span></p>"
+        )
+        self._new_block(cursor)
+        self._messages.append(_Message(role, start))
+        if at_bottom:
+            self._scroll_to_end()
+        return cursor
+
+    def add_user_message(self, text: str) -> None:
+        cursor = self._begin_message("user", "You")
+        shown = text
+        if len(text) > PREVIEW_CHARS:
+            shown = (
+                text[:PREVIEW_CHARS]
+                + f"\n… ({len(text):,} characters in all; the rest is not shown here)"
+            )
+        cursor.insertHtml(plain_to_html(shown))
+        self._scroll_to_end()
+
+    def add_assistant_message(self, text: str) -> None:
+        """A finished answer (from history, or an engine that does not stream)."""
+        self.begin_answer()
+        self.append_delta(text)
+        self.end_answer()
+
+    def add_notice(self, html_text: str) -> None:
+        """A muted line under the last message (errors, figures)."""
+        cursor = self._end_cursor()
+        self._new_block(cursor)
+        cursor.insertHtml(f'<p style="color:{theme.colors().muted};">{html_text}</p>')
+        self._scroll_to_end()
+
+    def begin_answer(self, title: str = "Gemma") -> None:
+        if self._streaming:
+            self.end_answer()
+        cursor = self._begin_message("assistant", title)
+        self._splitter = BlockSplitter()
+        self._pending.clear()
+        self._tail_start = cursor.position()
+        self._tail_code_id = None
+        self._streaming = True
+
+    def append_delta(self, text: str) -> None:
+        """Queue new answer text; it is rendered at the next refresh."""
+        if not self._streaming or not text:
+            return
+        self._pending.append(text)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Render what arrived since the last refresh (complete blocks once, tail again)."""
+        self._timer.stop()
+        if not self._streaming or not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        completed = self._splitter.feed(text)
+        self._render(completed, self._splitter.tail)
+
+    def _render(self, completed: list[str], tail: str) -> None:
+        at_bottom = self._at_bottom()
+        cursor = QTextCursor(self.document())
+        cursor.beginEditBlock()
+        cursor.setPosition(self._tail_start)
+        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        for block in completed:
+            cursor.insertHtml(self._renderer.render(block, code_id=self._tail_code_id))
+            self._tail_code_id = None
+            self._new_block(cursor)
+        self._tail_start = cursor.position()
+        if tail.strip():
+            if self._splitter.in_code and self._tail_code_id is None:
+                self._tail_code_id = self._renderer.new_code_id()
+            cursor.insertHtml(self._renderer.render(tail, code_id=self._tail_code_id))
+        cursor.endEditBlock()
+        self.refresh_count += 1
+        if at_bottom:
+            self._scroll_to_end()
+
+    def end_answer(self, footer: str | None = None) -> None:
+        """The answer ended: render the rest and add ``footer`` (figures) under it."""
+        if not self._streaming:
+            return
+        self._timer.stop()
+        text = "".join(self._pending)
+        self._pending.clear()
+        completed = self._splitter.feed(text)
+        rest = self._splitter.finish()
+        self._render([*completed, rest] if rest.strip() else completed, "")
+        self._streaming = False
+        if footer:
+            self.add_notice(footer)
+
+    def remove_last_message(self) -> str | None:
+        """Remove the last message from the view; returns its role."""
+        if not self._messages:
+            return None
+        if self._streaming:
+            self._timer.stop()
+            self._pending.clear()
+            self._streaming = False
+        message = self._messages.pop()
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(message.start)
+        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        return message.role
+
+    def clear_transcript(self) -> None:
+        self._timer.stop()
+        self._pending.clear()
+        self._streaming = False
+        self._messages.clear()
+        self._renderer.reset()
+        self.clear()
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _at_bottom(self) -> bool:
+        bar = self.verticalScrollBar()
+        return bar.value() >= bar.maximum() - 40
+
+    def _scroll_to_end(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def code_block(self, code_id: int) -> str | None:
+        return self._renderer.code_blocks.get(code_id)
+
+    def copy_code(self, code_id: int) -> None:
+        code = self.code_block(code_id)
+        if code is not None:
+            QGuiApplication.clipboard().setText(code)
+            self.code_copied.emit(code)
+
+    def _on_anchor(self, url: QUrl) -> None:
+        if url.scheme() == "copy":
+            with contextlib.suppress(ValueError):
+                self.copy_code(int(url.path()))
+        elif url.scheme() in ("http", "https"):
+            QDesktopServices.openUrl(url)
+
+
+class Composer(QPlainTextEdit):
+    """The message field: Enter sends, Shift+Enter adds a line, Escape stops.
+
+    Signals:
+        submitted(): Enter was pressed.
+        stop_requested(): Escape was pressed.
+    """
+
+    submitted = Signal()
+    stop_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("composer")
+        self.setAccessibleName("Message")
+        self.setPlaceholderText("Message Gemma — Enter sends, Shift+Enter adds a line")
+        self.setTabChangesFocus(True)
+        self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        key = event.key()
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+                self.insertPlainText("\n")
+            else:
+                self.submitted.emit()
+            event.accept()
+            return
+        if key == Qt.Key.Key_Escape:
+            self.stop_requested.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        # Paste as plain text in one edit: rich text of a large paste is slow
+        # to convert and is not wanted in a prompt.
+        if source.hasText():
+            self.textCursor().insertText(source.text())
+        else:
+            super().insertFromMimeData(source)
+
+
+def _icon_button(text: str, icon_name: str, accessible: str, tip: str) -> QPushButton:
+    button = QPushButton(theme.icon(icon_name), text)
+    button.setAccessibleName(accessible)
+    button.setToolTip(tip)
+    return button
+
+
+def format_stats(stats: ResponseStats) -> str:
+    parts = []
+    if stats.time_to_first_token_s is not None:
+        parts.append(f"first token {stats.time_to_first_token_s * 1000:.0f} ms")
+    if stats.tokens_per_second:
+        parts.append(f"{stats.tokens_per_second:.1f} tok/s")
+    parts.append(f"{stats.completion_tokens} tokens")
+    reason = {
+        "stop": "finished",
+        "length": "stopped at the token limit",
+        "abort": "stopped",
+        "error": "failed",
+    }.get(stats.finish_reason or "", "")
+    if reason:
+        parts.append(reason)
+    return " · ".join(parts)
+
+
+class ChatPanel(QWidget):
+    """Transcript, composer, answer controls and settings, talking to the host's engine."""
+
+    answer_finished = Signal(object)
+
+    def __init__(self, host: EngineHost, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._host = host
+        self.conversation: list[ChatMessage] = []
+        self._task: asyncio.Future[None] | None = None
+        self._streaming = False
+        self._abort_task: asyncio.Future[None] | None = None
+        self._request_id: str | None = None
+        self._engine_used: object | None = None
+        self.last_stats: ResponseStats | None = None
+        self._live = ResponseStats(request_id="")
+        self._began = 0.0
+
+        self.transcript = TranscriptView()
+        self.composer = Composer()
+        self.composer.setMinimumHeight(64)
+        self.composer.setMaximumHeight(180)
+
+        self.send_button = _icon_button("Send", "send", "Send message", "Send (Enter)")
+        self.send_button.setProperty("role", "primary")
+        self.stop_button = _icon_button("Stop", "stop", "Stop answer", "Stop the answer (Escape)")
+        self.regenerate_button = _icon_button(
+            "Regenerate", "regenerate", "Regenerate answer", "Answer the last message again"
+        )
+        self.edit_button = _icon_button(
+            "Edit last", "edit", "Edit last message", "Edit and resend your last message"
+        )
+        self.new_button = _icon_button(
+            "New chat", "new-chat", "New chat", "Start a new conversation (Ctrl+N)"
+        )
+        self.stats_label = QLabel("")
+        self.stats_label.setObjectName("liveStats")
+        self.stats_label.setAccessibleName("Answer figures")
+        self.stats_label.setProperty("role", "muted")
+        self.message_label = QLabel("")
+        self.message_label.setObjectName("chatMessage")
+        self.message_label.setAccessibleName("Chat status")
+        self.message_label.setWordWrap(True)
+        self.message_label.setProperty("role", "error")
+        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        # Answer settings
+        self.system_prompt = QPlainTextEdit()
+        self.system_prompt.setAccessibleName("System prompt")
+        self.system_prompt.setPlaceholderText("Optional instructions for every answer")
+        self.system_prompt.setTabChangesFocus(True)
+        self.system_prompt.setMaximumHeight(110)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.1)
+        self.temperature.setValue(SamplingOptions.temperature)
+        self.temperature.setAccessibleName("Temperature")
+        self.temperature.setToolTip("0 always picks the most likely token; higher is more varied")
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.05, 1.0)
+        self.top_p.setSingleStep(0.05)
+        self.top_p.setValue(SamplingOptions.top_p)
+        self.top_p.setAccessibleName("Top-p")
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 131_072)
+        self.max_tokens.setValue(SamplingOptions.max_tokens)
+        self.max_tokens.setAccessibleName("Maximum tokens")
+        self.settings_toggle = QToolButton()
+        self.settings_toggle.setText("Answer settings")
+        self.settings_toggle.setCheckable(True)
+        self.settings_toggle.setChecked(True)
+        self.settings_toggle.setAccessibleName("Show answer settings")
+
+        settings_box = QFrame()
+        settings_box.setProperty("role", "card")
+        settings_box.setObjectName("answerSettings")
+        form = QFormLayout(settings_box)
+        form.setContentsMargins(12, 12, 12, 12)
+        title = QLabel("Answer settings")
+        title.setProperty("role", "title")
+        form.addRow(title)
+        form.addRow(QLabel("System prompt"))
+        form.addRow(self.system_prompt)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("Max tokens", self.max_tokens)
+        self.settings_box = settings_box
+        self.settings_toggle.toggled.connect(settings_box.setVisible)
+
+        actions = QHBoxLayout()
+        actions.addWidget(self.new_button)
+        actions.addWidget(self.edit_button)
+        actions.addWidget(self.regenerate_button)
+        actions.addStretch(1)
+        actions.addWidget(self.stats_label)
+        actions.addWidget(self.settings_toggle)
+
+        send_row = QHBoxLayout()
+        send_row.addWidget(self.composer, 1)
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addStretch(1)
+        send_row.addLayout(buttons)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.transcript, 1)
+        left_layout.addWidget(self.message_label)
+        left_layout.addLayout(actions)
+        left_layout.addLayout(send_row)
+
+        split = QSplitter()
+        split.addWidget(left)
+        split.addWidget(settings_box)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 0)
+        split.setSizes([800, 260])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 8, 12, 12)
+        layout.addWidget(split)
+
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setInterval(250)
+        self._stats_timer.timeout.connect(self._show_live_stats)
+
+        self.composer.submitted.connect(self.send)
+        self.composer.stop_requested.connect(self.stop)
+        self.composer.textChanged.connect(self._update_controls)
+        self.send_button.clicked.connect(self.send)
+        self.stop_button.clicked.connect(self.stop)
+        self.regenerate_button.clicked.connect(self.regenerate)
+        self.edit_button.clicked.connect(self.edit_last)
+        self.new_button.clicked.connect(self.new_chat)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
+        host.status_changed.connect(self._on_status)
+        self._update_controls()
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    @property
+    def answer_task(self) -> asyncio.Future[None] | None:
+        return self._task
+
+    def options(self) -> SamplingOptions:
+        return SamplingOptions(
+            temperature=round(self.temperature.value(), 3),
+            top_p=round(self.top_p.value(), 3),
+            max_tokens=self.max_tokens.value(),
+        )
+
+    def messages(self) -> list[ChatMessage]:
+        system = self.system_prompt.toPlainText().strip()
+        head = [ChatMessage("system", system)] if system else []
+        return head + list(self.conversation)
+
+    def _on_status(self, _status: EngineStatus) -> None:
+        self._update_controls()
+
+    def _update_controls(self) -> None:
+        ready = self._host.engine is not None and self._host.status.state in (
+            EngineState.READY,
+            EngineState.GENERATING,
+        )
+        streaming = self.streaming
+        has_text = bool(self.composer.document().characterCount() > 1)
+        self.send_button.setEnabled(ready and not streaming and has_text)
+        self.stop_button.setEnabled(streaming)
+        has_user = any(m.role == "user" for m in self.conversation)
+        self.regenerate_button.setEnabled(ready and not streaming and has_user)
+        self.edit_button.setEnabled(not streaming and has_user)
+        self.new_button.setEnabled(bool(self.conversation) or streaming)
+        if not ready and not streaming:
+            self.send_button.setToolTip("Start the engine to send messages")
+        else:
+            self.send_button.setToolTip("Send (Enter)")
+
+    def show_message(self, text: str) -> None:
+        self.message_label.setText(text)
+        self.message_label.setVisible(bool(text))
+
+    # --- actions -------------------------------------------------------------------
+
+    def send(self) -> None:
+        """Send the composer's text (Enter)."""
+        if self.streaming:
+            self.show_message("An answer is still streaming: stop it (Escape) or wait.")
+            return
+        text = self.composer.toPlainText()
+        if not text.strip():
+            return
+        if self._host.engine is None or not self._host.is_running:
+            self.show_message("The engine is not running yet: start it at the top of the window.")
+            return
+        self.composer.clear()
+        self.conversation.append(ChatMessage("user", text))
+        self.transcript.add_user_message(text)
+        self._start_answer()
+
+    def stop(self) -> None:
+        """Abort the streaming answer inside the engine (Escape)."""
+        if not self.streaming:
+            return
+        engine, rid = self._host.engine, self._request_id
+        if engine is not None and rid is not None:
+            self._abort_task = asyncio.ensure_future(engine.abort(rid))
+        elif self._task is not None:
+            self._task.cancel()
+
+    def regenerate(self) -> None:
+        """Answer the last user message again, replacing the last answer."""
+        if self.streaming or not self.conversation:
+            return
+        if self.conversation[-1].role == "assistant":
+            self.conversation.pop()
+        while self.transcript.message_count and self.transcript.last_role != "user":
+            self.transcript.remove_last_message()
+        self._start_answer()
+
+    def edit_last(self) -> None:
+        """Put the last user message back into the composer, removing it and its answer."""
+        if self.streaming:
+            return
+        for index in range(len(self.conversation) - 1, -1, -1):
+            if self.conversation[index].role == "user":
+                text = self.conversation[index].content
+                del self.conversation[index:]
+                while self.transcript.message_count:
+                    if self.transcript.remove_last_message() == "user":
+                        break
+                self.composer.setPlainText(text)
+                self.composer.moveCursor(QTextCursor.MoveOperation.End)
+                self.composer.setFocus()
+                self._update_controls()
+                return
+
+    def new_chat(self) -> None:
+        if self._task is not None and not self._task.done():
+            self.stop()
+            self._task.cancel()
+        self.conversation.clear()
+        self.transcript.clear_transcript()
+        self.stats_label.clear()
+        self.show_message("")
+        self._update_controls()
+
+    def _start_answer(self) -> None:
+        self.show_message("")
+        self._streaming = True
+        self._task = asyncio.ensure_future(self._stream(self.messages(), self.options()))
+        self._update_controls()
+
+    async def _stream(self, messages: list[ChatMessage], options: SamplingOptions) -> None:
+        engine = self._host.engine
+        if engine is None:
+            self._streaming = False
+            self.show_message("The engine is not running.")
+            self._update_controls()
+            return
+        rid = f"chat-{uuid.uuid4().hex[:16]}"
+        self._request_id = rid
+        self._live = ResponseStats(request_id=rid)
+        self._began = time.perf_counter()
+        self.transcript.begin_answer()
+        self._stats_timer.start()
+        parts: list[str] = []
+        stats: ResponseStats | None = None
+        footer: str | None = None
+        try:
+            async for item in engine.chat(messages, options, rid):
+                if isinstance(item, TextDelta):
+                    if self._live.time_to_first_token_s is None:
+                        self._live.time_to_first_token_s = time.perf_counter() - self._began
+                    self._live.completion_tokens += item.token_count
+                    parts.append(item.text)
+                    self.transcript.append_delta(item.text)
+                elif isinstance(item, StreamEnd):
+                    stats = item.stats
+        except PromptTooLongError as exc:
+            self._fail_prompt(exc)
+            return
+        except EngineError as exc:
+            footer = "The answer failed."
+            self.show_message(f"{exc.reason} {exc.hint}".strip())
+        except asyncio.CancelledError:
+            footer = "Stopped."
+            raise
+        finally:
+            self._streaming = False
+            self._stats_timer.stop()
+            self._request_id = None
+            if stats is not None:
+                footer = format_stats(stats)
+                if stats.error:
+                    self.show_message(stats.error)
+            self.transcript.end_answer(footer)
+            text = "".join(parts)
+            if text:
+                self.conversation.append(ChatMessage("assistant", text))
+            self.last_stats = stats
+            if stats is not None:
+                self.stats_label.setText(format_stats(stats))
+                self.answer_finished.emit(stats)
+            self._update_controls()
+
+    def _fail_prompt(self, exc: PromptTooLongError) -> None:
+        """Nothing was generated: take the message back so it can be shortened."""
+        self.transcript.remove_last_message()  # the empty answer
+        if self.conversation and self.conversation[-1].role == "user":
+            text = self.conversation.pop().content
+            self.transcript.remove_last_message()
+            if not self.composer.toPlainText():
+                self.composer.setPlainText(text)
+        self.show_message(f"{exc.reason} {exc.hint}".strip())
+
+    def _show_live_stats(self) -> None:
+        live = self._live
+        live.total_time_s = time.perf_counter() - self._began
+        if live.time_to_first_token_s is None:
+            self.stats_label.setText(f"waiting for the first token… {live.total_time_s:.1f} s")
+        else:
+            self.stats_label.setText(format_stats(live))

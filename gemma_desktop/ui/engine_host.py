@@ -1,0 +1,219 @@
+"""The engine the window talks to, and its life: start, restart, switch model, stop.
+
+:class:`EngineHost` holds at most one :class:`~gemma_desktop.core.engine.Engine`.
+It never builds one itself: ``app.py`` passes an *engine factory* (an async
+callable ``(variant_id, progress) -> Engine``) that may first prepare the model
+(the bundled model is converted on first use) and reports what it is doing.
+
+Signals:
+    status_changed(EngineStatus): the engine's state, also while none exists yet
+        (preparing the model) and after a failed start (CRASHED with reason and hint).
+    progress(StartProgress): a start-up step, for the state indicator.
+    variant_changed(str): the model the next start uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from PySide6.QtCore import QObject, Signal
+
+from gemma_desktop.core.engine import (
+    Engine,
+    EngineError,
+    EngineState,
+    EngineStatus,
+    ProgressListener,
+    StartProgress,
+)
+from gemma_desktop.core.errors import GemmaDesktopError
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[str, ProgressListener], Awaitable[Engine]]
+
+RUNNING_STATES = frozenset({EngineState.READY, EngineState.GENERATING})
+
+
+class EngineHost(QObject):
+    """Owns the running engine and serialises start/stop/switch requests."""
+
+    status_changed = Signal(object)
+    progress = Signal(object)
+    variant_changed = Signal(str)
+
+    def __init__(
+        self,
+        factory: EngineFactory | None,
+        variant_id: str,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._factory = factory
+        self._variant_id = variant_id
+        self._engine: Engine | None = None
+        self._owns_engine = True
+        self._status = EngineStatus(EngineState.NOT_STARTED, model_id=variant_id)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Future[None] | None = None
+
+    # --- state -------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    @property
+    def variant_id(self) -> str:
+        return self._variant_id
+
+    @property
+    def status(self) -> EngineStatus:
+        return self._status
+
+    @property
+    def is_running(self) -> bool:
+        return self._status.state in RUNNING_STATES
+
+    @property
+    def is_busy(self) -> bool:
+        """A start, stop or switch is under way."""
+        return self._lock.locked()
+
+    def set_variant(self, variant_id: str) -> None:
+        """The model for the next start (the running engine is left alone)."""
+        if variant_id != self._variant_id:
+            self._variant_id = variant_id
+            self.variant_changed.emit(variant_id)
+            if self._engine is None:
+                self._set_status(EngineStatus(EngineState.NOT_STARTED, model_id=variant_id))
+
+    def adopt(self, engine: Engine, *, owned: bool = False) -> None:
+        """Use an engine built elsewhere (already started or not).
+
+        With ``owned=False`` :meth:`shutdown` leaves it running (a test's shared engine).
+        """
+        self._engine = engine
+        self._owns_engine = owned
+        self._variant_id = engine.model_id
+        engine.add_state_listener(self._on_engine_state)
+        self._set_status(engine.status)
+
+    def _set_status(self, status: EngineStatus) -> None:
+        self._status = status
+        self.status_changed.emit(status)
+
+    def _on_engine_state(self, status: EngineStatus) -> None:
+        # Listeners are called on the loop's thread, which is the UI thread.
+        if self._engine is not None and status.model_id in (None, self._engine.model_id):
+            self._set_status(status)
+
+    def _on_progress(self, step: StartProgress) -> None:
+        self.progress.emit(step)
+        if self._status.state == EngineState.STARTING:
+            self._set_status(
+                EngineStatus(EngineState.STARTING, step.message, model_id=self._variant_id)
+            )
+
+    # --- actions (each returns when done; the UI schedules them as tasks) ----------
+
+    def schedule(self, coro: Awaitable[None]) -> asyncio.Future[None]:
+        """Run an action as a task; failures are already shown through the status."""
+        task = asyncio.ensure_future(coro)
+        self._task = task
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def start(self) -> None:
+        """Build the engine for the current variant (if needed) and start it."""
+        async with self._lock:
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
+        if self._engine is not None and self.is_running:
+            return
+        if self._engine is None:
+            if self._factory is None:
+                self._set_status(
+                    EngineStatus(
+                        EngineState.CRASHED,
+                        "No engine is available in this installation.",
+                        self._variant_id,
+                        "Install vLLM (see README) and restart the app.",
+                    )
+                )
+                return
+            self._set_status(
+                EngineStatus(EngineState.STARTING, "Preparing the model", self._variant_id)
+            )
+            try:
+                engine = await self._factory(self._variant_id, self._on_progress)
+            except GemmaDesktopError as exc:
+                self._set_status(
+                    EngineStatus(EngineState.CRASHED, exc.reason, self._variant_id, exc.hint)
+                )
+                return
+            self._engine = engine
+            self._owns_engine = True
+            engine.add_state_listener(self._on_engine_state)
+        try:
+            await self._engine.start(self._on_progress)
+        except EngineError:
+            # The engine has set CRASHED with its reason and hint.
+            self._set_status(self._engine.status)
+
+    async def restart(self) -> None:
+        async with self._lock:
+            engine = self._engine
+            if engine is None:
+                await self._start_locked()
+                return
+            if self._owns_engine:
+                await engine.shutdown()
+                self._engine = None
+                await self._start_locked()
+            else:
+                try:
+                    await engine.restart()
+                except EngineError:
+                    self._set_status(engine.status)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._stop_locked()
+
+    async def _stop_locked(self) -> None:
+        engine, owned = self._engine, self._owns_engine
+        if engine is None:
+            return
+        self._engine = None
+        if owned:
+            await engine.shutdown()
+        self._set_status(EngineStatus(EngineState.STOPPED, model_id=self._variant_id))
+
+    async def switch(self, variant_id: str) -> None:
+        """Stop the running engine and start ``variant_id``."""
+        async with self._lock:
+            await self._stop_locked()
+            self.set_variant(variant_id)
+            await self._start_locked()
+
+    async def shutdown(self) -> None:
+        """Stop the engine the host owns (at quit); an adopted engine keeps running."""
+        async with self._lock:
+            if self._engine is not None and self._owns_engine:
+                await self._engine.shutdown()
+            self._engine = None
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        # Expected failures end up in the status; anything else is a bug for the crash handler.
+        task.get_loop().call_exception_handler(
+            {"message": "An engine action failed unexpectedly", "exception": exc, "future": task}
+        )

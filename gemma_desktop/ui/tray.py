@@ -1,0 +1,392 @@
+"""The tray icon and what closing the window means.
+
+With a system tray, Gemma Desktop lives in it: closing the main window hides
+it and the engine keeps running (the first time, a notification says so);
+the tray's menu shows or hides the window, starts a new chat, starts or stops
+the engine, puts it to sleep or wakes it (only where the engine supports it)
+and quits. The icon and its tooltip show the engine's state.
+
+Without a system tray (some desktops, remote sessions), closing the window
+quits; when an answer is still streaming the user is asked first.
+
+Quitting always shuts the engine down before the application exits.
+
+Signals:
+    new_chat_requested(): the user chose "New chat" in the tray menu.
+    quit_started(): quitting began (the engine is being shut down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
+
+from gemma_desktop import APP_NAME
+from gemma_desktop.core.engine import Engine, EngineState, EngineStatus
+from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.settings import SettingsStore
+from gemma_desktop.ui.dialogs import ask
+from gemma_desktop.ui.engine_host import EngineHost
+from gemma_desktop.ui.single_instance import raise_window as show_window
+
+log = logging.getLogger(__name__)
+
+#: Saved once the "still running in the tray" notification has been shown.
+NOTICE_KEY = "tray_notice_shown"
+ICONS_DIR = Path(__file__).resolve().parents[2] / "resources" / "icons"
+
+STATE_COLOURS: dict[EngineState, str] = {
+    EngineState.NOT_STARTED: "#8a8f98",
+    EngineState.STOPPED: "#8a8f98",
+    EngineState.STARTING: "#e0a100",
+    EngineState.READY: "#1e9e5a",
+    EngineState.GENERATING: "#2f6fde",
+    EngineState.CRASHED: "#c62828",
+}
+SLEEPING_COLOUR = "#6a5acd"
+
+
+def app_icon() -> QIcon:
+    """The application icon from ``resources/icons/app.svg`` (a drawn star without it)."""
+    svg = ICONS_DIR / "app.svg"
+    if svg.is_file():
+        icon = QIcon(str(svg))
+        if not icon.isNull():
+            return icon
+    pixmap = QPixmap(64, 64)
+    pixmap.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(pixmap)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setBrush(QColor("#4f8cff"))
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.drawRoundedRect(QRectF(4, 4, 56, 56), 14, 14)
+    painter.setBrush(QColor("white"))
+    star = [(32, 12), (37, 27), (52, 32), (37, 37), (32, 52), (27, 37), (12, 32), (27, 27)]
+    painter.drawPolygon([QPointF(x, y) for x, y in star])
+    painter.end()
+    return QIcon(pixmap)
+
+
+def state_icon(base: QIcon, colour: str, size: int = 64) -> QIcon:
+    """``base`` with a status dot of ``colour`` in its lower right corner."""
+    pixmap = base.pixmap(size, size)
+    painter = QPainter(pixmap)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    radius = size * 0.2
+    centre = QPointF(size - radius - 1, size - radius - 1)
+    painter.setPen(QPen(QColor("white"), size * 0.06))
+    painter.setBrush(QColor(colour))
+    painter.drawEllipse(centre, radius, radius)
+    painter.end()
+    return QIcon(pixmap)
+
+
+def engine_supports_sleep(engine: Engine) -> bool:
+    """Whether the engine can free its memory while staying loaded.
+
+    Engines opt in with a ``supports_sleep`` attribute or property (vLLM's
+    sleep mode needs a CUDA build and ``enable_sleep_mode``); without it the
+    tray hides Sleep/Wake.
+    """
+    flag: Any = getattr(engine, "supports_sleep", False)
+    try:
+        value = flag() if callable(flag) else flag
+    except Exception:
+        return False
+    return (
+        bool(value)
+        and callable(getattr(engine, "sleep", None))
+        and callable(getattr(engine, "wake_up", None))
+    )
+
+
+def describe(status: EngineStatus, sleeping: bool = False) -> str:
+    """One line for the tooltip: the state, the model and what is going on."""
+    state = "sleeping (memory freed)" if sleeping else status.state.value
+    text = f"{APP_NAME} — engine {state}"
+    if status.model_id:
+        text += f"\n{status.model_id}"
+    if status.detail and not sleeping:
+        text += f"\n{status.detail}"
+    return text
+
+
+class Tray(QObject):
+    """The tray icon with its menu, and the window's close policy.
+
+    ``window`` is the main window (hidden on close, never destroyed); ``host``
+    the :class:`~gemma_desktop.ui.engine_host.EngineHost` that owns the engine.
+    ``is_streaming`` says whether an answer is being written (default: the
+    engine is GENERATING). ``available`` forces the tray on or off (default:
+    ask Qt whether the desktop has one). ``quit_app`` ends the application
+    once the engine is down (default ``QApplication.quit``).
+    """
+
+    new_chat_requested = Signal()
+    quit_started = Signal()
+
+    def __init__(
+        self,
+        window: QWidget,
+        host: EngineHost,
+        *,
+        store: SettingsStore | None = None,
+        is_streaming: Callable[[], bool] | None = None,
+        available: bool | None = None,
+        icon: QIcon | None = None,
+        quit_app: Callable[[], None] | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.window = window
+        self._quit_app = quit_app
+        self.host = host
+        self.store = store or SettingsStore()
+        self._is_streaming = is_streaming
+        self.available = QSystemTrayIcon.isSystemTrayAvailable() if available is None else available
+        self.base_icon = icon or app_icon()
+        self.sleeping = False
+        self.quitting = False
+        self._quit_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._notice_shown: bool | None = None
+        self.last_notification: tuple[str, str] | None = None
+
+        self.menu = QMenu()
+        self.menu.setObjectName("trayMenu")
+        self.show_action = QAction("Show window", self.menu)
+        self.new_chat_action = QAction("New chat", self.menu)
+        self.engine_action = QAction("Start engine", self.menu)
+        self.sleep_action = QAction("Sleep engine", self.menu)
+        self.quit_action = QAction(f"Quit {APP_NAME}", self.menu)
+        self.menu.addAction(self.show_action)
+        self.menu.addAction(self.new_chat_action)
+        self.menu.addSeparator()
+        self.menu.addAction(self.engine_action)
+        self.menu.addAction(self.sleep_action)
+        self.menu.addSeparator()
+        self.menu.addAction(self.quit_action)
+        self.show_action.triggered.connect(self.toggle_window)
+        self.new_chat_action.triggered.connect(self._new_chat)
+        self.engine_action.triggered.connect(lambda: self._spawn(self.toggle_engine()))
+        self.sleep_action.triggered.connect(lambda: self._spawn(self.toggle_sleep()))
+        self.quit_action.triggered.connect(self.request_quit)
+        self.menu.aboutToShow.connect(self.refresh)
+
+        self.icon = QSystemTrayIcon(self)
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._on_activated)
+        host.status_changed.connect(self._on_status)
+        self.refresh()
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def install(self) -> Tray:
+        """Show the icon (where there is a tray) and take over the window's close button."""
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            app.setQuitOnLastWindowClosed(False)
+        self.window.installEventFilter(self)
+        if self.available:
+            self.icon.show()
+        return self
+
+    # -- state ------------------------------------------------------------------------
+
+    def _on_status(self, status: EngineStatus) -> None:
+        if status.state in (EngineState.STOPPED, EngineState.CRASHED, EngineState.NOT_STARTED):
+            self.sleeping = False
+        if status.state is EngineState.CRASHED and not self.window.isVisible():
+            self.notify(
+                "The engine stopped",
+                status.detail + ("\n" + status.hint if status.hint else ""),
+                QSystemTrayIcon.MessageIcon.Warning,
+            )
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Bring the icon, tooltip and menu texts up to date."""
+        status = self.host.status
+        state = status.state
+        colour = SLEEPING_COLOUR if self.sleeping else STATE_COLOURS[state]
+        self.icon.setIcon(state_icon(self.base_icon, colour))
+        self.icon.setToolTip(describe(status, self.sleeping))
+        self.show_action.setText("Hide window" if self.window.isVisible() else "Show window")
+        if state in (EngineState.READY, EngineState.GENERATING):
+            self.engine_action.setText("Stop engine")
+            self.engine_action.setEnabled(not self.quitting)
+        elif state is EngineState.STARTING:
+            self.engine_action.setText("Engine starting…")
+            self.engine_action.setEnabled(False)
+        else:
+            self.engine_action.setText(
+                "Restart engine" if state is EngineState.CRASHED else "Start engine"
+            )
+            self.engine_action.setEnabled(not self.quitting)
+        engine = self.host.engine
+        can_sleep = engine is not None and engine_supports_sleep(engine)
+        self.sleep_action.setVisible(can_sleep)
+        self.sleep_action.setText("Wake engine" if self.sleeping else "Sleep engine")
+        self.sleep_action.setEnabled(can_sleep and state is EngineState.READY and not self.quitting)
+        self.new_chat_action.setEnabled(not self.quitting)
+
+    def streaming(self) -> bool:
+        if self._is_streaming is not None:
+            return self._is_streaming()
+        return self.host.status.state is EngineState.GENERATING
+
+    # -- actions -------------------------------------------------------------------------
+
+    def toggle_window(self) -> None:
+        if self.window.isVisible() and not self.window.isMinimized():
+            self.window.hide()
+        else:
+            show_window(self.window)
+        self.refresh()
+
+    def _new_chat(self) -> None:
+        show_window(self.window)
+        self.new_chat_requested.emit()
+        self.refresh()
+
+    async def toggle_engine(self) -> None:
+        """Start the engine when it is not running, stop it when it is.
+
+        Failures end up in the host's status (CRASHED with reason and hint).
+        """
+        state = self.host.status.state
+        if state in (EngineState.READY, EngineState.GENERATING):
+            await self.host.stop()
+        elif state is EngineState.CRASHED:
+            await self.host.restart()
+        elif state is not EngineState.STARTING:
+            await self.host.start()
+        self.refresh()
+
+    async def toggle_sleep(self) -> None:
+        engine: Any = self.host.engine
+        if engine is None:
+            return
+        try:
+            if self.sleeping:
+                await engine.wake_up()
+                self.sleeping = False
+            else:
+                await engine.sleep()
+                self.sleeping = True
+        except GemmaDesktopError as exc:
+            self.notify("Sleep mode failed", exc.reason, QSystemTrayIcon.MessageIcon.Warning)
+        except Exception as exc:  # an engine whose sleep mode does not work after all
+            log.warning("engine sleep/wake failed: %s", exc)
+            self.notify("Sleep mode failed", str(exc), QSystemTrayIcon.MessageIcon.Warning)
+        finally:
+            self.refresh()
+
+    def request_quit(self) -> None:
+        """Quit from a signal: shut the engine down, then leave the event loop."""
+        self._spawn(self.quit())
+
+    async def quit(self) -> None:
+        """Shut the engine down, remove the icon and quit the application (once)."""
+        if self._quit_task is None:
+            self._quit_task = asyncio.ensure_future(self._do_quit())
+        await asyncio.shield(self._quit_task)
+
+    async def _do_quit(self) -> None:
+        self.quitting = True
+        self.quit_started.emit()
+        self.refresh()
+        try:
+            await self.host.shutdown()
+        except Exception:  # quitting must not fail; the engine reaps its processes itself
+            log.exception("engine shutdown failed while quitting")
+        self.icon.hide()
+        self.window.removeEventFilter(self)
+        self.window.close()
+        if self._quit_app is not None:
+            self._quit_app()
+        else:
+            QApplication.quit()
+
+    # -- closing the window ---------------------------------------------------------------
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.window and event.type() == QEvent.Type.Close and not self.quitting:
+            event.ignore()
+            if self.available:
+                self.window.hide()
+                self._spawn(self._notice_once())
+                self.refresh()
+            else:
+                self._spawn(self._close_without_tray())
+            return True
+        return super().eventFilter(watched, event)
+
+    async def _close_without_tray(self) -> None:
+        if self.streaming():
+            leave = await ask(
+                self.window,
+                f"Quit {APP_NAME}?",
+                "An answer is still being written.",
+                informative="Quitting stops it and shuts the engine down. "
+                "The text so far is kept in the history.",
+                yes_text="Quit",
+                no_text="Keep running",
+            )
+            if not leave:
+                return
+        await self.quit()
+
+    async def _notice_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._notice_shown is None:
+            try:
+                saved = await loop.run_in_executor(None, self.store.load)
+                self._notice_shown = bool(saved.get(NOTICE_KEY))
+            except GemmaDesktopError:
+                self._notice_shown = False
+        if self._notice_shown:
+            return
+        self._notice_shown = True
+        self.notify(
+            f"{APP_NAME} is still running",
+            "The engine stays loaded in the background so your next chat starts at once. "
+            "Use the tray icon to open the window again or to quit.",
+        )
+        try:
+            await loop.run_in_executor(None, lambda: self.store.update(**{NOTICE_KEY: True}))
+        except GemmaDesktopError as exc:
+            log.warning("could not remember the tray notice: %s", exc.reason)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def notify(
+        self,
+        title: str,
+        text: str,
+        icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Information,
+    ) -> None:
+        """A tray notification (logged as well, for desktops that do not show them)."""
+        log.info("%s: %s", title, text)
+        self.last_notification = (title, text)
+        if self.available:
+            self.icon.showMessage(title, text, icon, 8000)
+
+    def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
+            self.toggle_window()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
