@@ -494,7 +494,7 @@ def free_space(path: Path) -> tuple[int, Path]:
     return shutil.disk_usage(probe).free, probe
 
 
-def _looks_complete(snapshot: Path) -> bool:
+def snapshot_looks_complete(snapshot: Path) -> bool:
     """Completeness of a snapshot another tool downloaded, without its file list."""
     if not (snapshot / "config.json").is_file():
         return False
@@ -630,8 +630,9 @@ class DownloadManager:
         """
         variant = self.catalog.get(variant_id)
         if variant.is_bundled:
-            bundled = paths.bundled_model_dir()
-            return bundled if (bundled / "config.json").is_file() else None
+            from gemma_desktop.core.bundled import is_provisioned
+
+            return paths.bundled_model_dir() if is_provisioned() else None
         cache = self.resolved_cache_dir()
         storage = cache / repo_folder(variant.id)
         commit = _read_ref(storage)
@@ -646,7 +647,7 @@ class DownloadManager:
         try:
             listed = get_cached_repo_tree(variant.id, revision=commit, cache_dir=cache)
         except CachedRepoTreeNotFoundError:
-            return snapshot if _looks_complete(snapshot) else None
+            return snapshot if snapshot_looks_complete(snapshot) else None
         for entry in listed:
             local = snapshot / entry.path
             try:

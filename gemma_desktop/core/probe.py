@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gemma_desktop.core import paths
+from gemma_desktop.core.bundled import is_provisioned
 from gemma_desktop.core.catalog import BUNDLED_MODEL_ID, Variant, validate_variant
+from gemma_desktop.core.downloads import snapshot_looks_complete
 from gemma_desktop.core.errors import GemmaDesktopError, UnsupportedVariantError
 from gemma_desktop.core.gpu import (
     BF16_COMPUTE_CAPABILITY,
@@ -174,20 +176,21 @@ def repo_cache_dir(repo_id: str, hub_cache: Path | None = None) -> Path:
 
 
 def cached_snapshot(repo_id: str, hub_cache: Path | None = None) -> Path | None:
-    """The snapshot folder ``refs/main`` points to, if it holds a ``config.json``.
+    """The complete snapshot ``refs/main`` points to, or ``None``.
 
-    Pure file-system reads: instant, and no network.
+    Pure file-system reads: instant, and no network. The download manager's
+    own check also compares every file with the Hub's listing; this one is the
+    cheap test the probe and the variant picker can afford on every refresh.
     """
     if repo_id == BUNDLED_MODEL_ID:
-        folder = paths.bundled_model_dir()
-        return folder if (folder / ".complete").is_file() else None
+        return paths.bundled_model_dir() if is_provisioned() else None
     repo = repo_cache_dir(repo_id, hub_cache)
     try:
         revision = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
     except OSError:
         return None
     snapshot = repo / "snapshots" / revision
-    return snapshot if (snapshot / "config.json").is_file() else None
+    return snapshot if revision and snapshot_looks_complete(snapshot) else None
 
 
 def is_cached(repo_id: str, hub_cache: Path | None = None) -> bool:

@@ -541,12 +541,39 @@ class VllmEngine:
 
 
 def _child_pids() -> set[int]:
+    """This process's descendants, except multiprocessing's resource tracker.
+
+    The tracker is shared by everything in the process that uses
+    multiprocessing and exits by itself when this process does.
+    """
     import psutil
 
+    pids = set()
     try:
-        return {p.pid for p in psutil.Process().children(recursive=True)}
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "resource_tracker" in " ".join(child.cmdline()):
+                    continue
+            except psutil.Error:
+                continue
+            pids.add(child.pid)
     except psutil.Error:
-        return set()
+        pass
+    return pids
+
+
+def living(pids: set[int] | frozenset[int]) -> set[int]:
+    """Those of ``pids`` that still run (zombies waiting to be reaped do not count)."""
+    import psutil
+
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.Error:
+            continue
+    return alive
 
 
 def _log_size() -> int:

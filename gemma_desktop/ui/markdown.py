@@ -108,8 +108,11 @@ class MarkdownRenderer:
         md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         md.enable("table")
         md.enable("strikethrough")
-        md.add_render_rule("fence", self._render_fence)
-        md.add_render_rule("code_block", self._render_fence)
+        def fence(_renderer: Any, tokens: list[Any], idx: int, _opts: Any, env: Any) -> str:
+            return self._render_fence(tokens[idx], env)
+
+        md.add_render_rule("fence", fence)
+        md.add_render_rule("code_block", fence)
         self._md = md
 
     def set_colors(self, code_bg: str, code_header: str, muted: str) -> None:
@@ -127,10 +130,7 @@ class MarkdownRenderer:
     def reset(self) -> None:
         self.code_blocks.clear()
 
-    def _render_fence(
-        self, renderer: Any, tokens: list[Any], idx: int, options: Any, env: dict[str, Any]
-    ) -> str:
-        token = tokens[idx]
+    def _render_fence(self, token: Any, env: dict[str, Any]) -> str:
         code = token.content
         lang = (token.info or "").strip().split(" ")[0] if token.type == "fence" else ""
         code_id = env.get("code_id")

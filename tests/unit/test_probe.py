@@ -267,6 +267,7 @@ def _fake_snapshot(cache: Path, repo: str) -> Path:
     snapshot = folder / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"weights")
     (folder / "refs").mkdir()
     (folder / "refs" / "main").write_text("abc123")
     return snapshot

@@ -1,0 +1,187 @@
+"""The tray: a real tray host (trayer under Xvfb) with a real engine, and the close policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from PySide6.QtWidgets import QMainWindow, QMessageBox
+
+from gemma_desktop.core.catalog import BUNDLED_MODEL_ID
+from gemma_desktop.core.engine import EngineState, EngineStatus
+from gemma_desktop.core.settings import SettingsStore
+from gemma_desktop.ui.engine_host import EngineHost
+from gemma_desktop.ui.tray import NOTICE_KEY, Tray, describe, engine_supports_sleep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.engine
+@pytest.mark.display
+def test_tray_under_trayer_with_a_real_engine(tray_host: Any) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.lifecycle.tray_scenario"],
+        cwd=REPO,
+        env=tray_host.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    steps = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            data = json.loads(line)
+            steps[data.pop("step")] = data
+    assert "error" not in steps, (steps.get("error"), proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    assert steps["installed"] == {"available": True, "quit_on_last": False}
+    icon = steps["icon"]
+    assert icon["visible"] and icon["geometry"][2] > 0  # embedded in trayer's panel
+    assert "engine not started" in icon["tooltip"] and icon["engine_action"] == "Start engine"
+    assert "engine starting" in steps["starting"]["tooltip"]
+    assert steps["starting"]["engine_action_enabled"] is False
+
+    started = steps["started"]
+    assert started["state"] == "ready", (started["detail"], started["hint"])
+    assert "engine ready" in started["tooltip"] and BUNDLED_MODEL_ID in started["tooltip"]
+    assert started["engine_action"] == "Stop engine"
+    assert started["sleep_visible"] is False  # the CPU build has no sleep mode
+    assert started["pids"], "the engine started no EngineCore process"
+
+    closed = steps["closed"]
+    assert closed["window_visible"] is False and closed["state"] == "ready"
+    assert closed["notification"][0] == "Gemma Desktop is still running"
+    assert closed["show_action"] == "Show window"
+    assert steps["answer_while_hidden"]["text"].strip()  # the engine still answers
+    assert steps["shown"] == {"window_visible": True, "show_action": "Hide window"}
+    assert steps["hidden"] == {"window_visible": False}
+    assert steps["new_chat"] == {"requests": 1, "window_visible": True}
+    assert steps["quitting"]["alive"] == started["pids"]
+
+    exited = steps["exited"]
+    assert exited["state"] == "stopped"
+    assert exited["alive"] == [] and exited["children"] == []
+    assert not [p for p in started["pids"] if psutil.pid_exists(p)]
+
+
+# --- the close policy and menu, offscreen with the real EngineHost ----------------------
+
+
+@pytest.fixture
+def window(qtbot: Any) -> QMainWindow:
+    w = QMainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    return w
+
+
+def test_close_hides_to_tray_and_notifies_once(qloop: Any, qtbot: Any, window: QMainWindow) -> None:
+    host = EngineHost(None, BUNDLED_MODEL_ID)
+    quits: list[int] = []
+    tray = Tray(window, host, available=True, quit_app=lambda: quits.append(1)).install()
+    window.close()
+    qtbot.waitUntil(lambda: tray.last_notification is not None)
+    assert not window.isVisible()
+    assert quits == []
+    qtbot.waitUntil(lambda: SettingsStore().load().get(NOTICE_KEY) is True)
+    tray.last_notification = None
+    tray.show_action.trigger()
+    assert window.isVisible()
+    window.close()
+    qtbot.wait(200)
+    assert not window.isVisible() and tray.last_notification is None  # only the first time
+    # A new Tray (next launch) remembers the notice was shown.
+    tray2 = Tray(window, host, available=True, quit_app=lambda: None).install()
+    tray.window.removeEventFilter(tray)
+    window.show()
+    window.close()
+    qtbot.wait(200)
+    assert tray2.last_notification is None
+
+
+def test_start_failure_shows_in_menu_and_tooltip(
+    qloop: Any, qtbot: Any, window: QMainWindow
+) -> None:
+    host = EngineHost(None, BUNDLED_MODEL_ID)  # no engine installed
+    tray = Tray(window, host, available=True, quit_app=lambda: None).install()
+    assert tray.engine_action.text() == "Start engine"
+    assert tray.sleep_action.isVisible() is False
+    tray.engine_action.trigger()
+    qtbot.waitUntil(lambda: host.status.state is EngineState.CRASHED)
+    qtbot.waitUntil(lambda: tray.engine_action.text() == "Restart engine")
+    assert "engine crashed" in tray.icon.toolTip()
+    assert "No engine is available" in tray.icon.toolTip()
+
+
+def test_without_tray_closing_asks_while_streaming_then_quits(
+    qloop: Any, qtbot: Any, window: QMainWindow
+) -> None:
+    host = EngineHost(None, BUNDLED_MODEL_ID)
+    quits: list[int] = []
+    streaming = [True]
+    tray = Tray(
+        window,
+        host,
+        available=False,
+        is_streaming=lambda: streaming[0],
+        quit_app=lambda: quits.append(1),
+    ).install()
+
+    def question() -> QMessageBox | None:
+        boxes = [b for b in window.findChildren(QMessageBox) if b.isVisible()]
+        return boxes[0] if boxes else None
+
+    window.close()
+    qtbot.waitUntil(lambda: question() is not None)
+    box = question()
+    assert box is not None and "still being written" in box.text()
+    keep = next(b for b in box.buttons() if b.text() == "Keep running")
+    keep.click()
+    qtbot.wait(200)
+    assert window.isVisible() and quits == []
+
+    window.close()
+    qtbot.waitUntil(lambda: question() is not None)
+    box = question()
+    assert box is not None
+    next(b for b in box.buttons() if b.text() == "Quit").click()
+    qtbot.waitUntil(lambda: quits == [1])
+    assert not window.isVisible() and tray.quitting
+
+    # Not streaming: closing quits at once, without a question.
+    window2 = QMainWindow()
+    qtbot.addWidget(window2)
+    window2.show()
+    streaming[0] = False
+    quits2: list[int] = []
+    Tray(
+        window2,
+        host,
+        available=False,
+        is_streaming=lambda: streaming[0],
+        quit_app=lambda: quits2.append(1),
+    ).install()
+    window2.close()
+    qtbot.waitUntil(lambda: quits2 == [1])
+    assert not [b for b in window2.findChildren(QMessageBox) if b.isVisible()]
+
+
+def test_sleep_capability_and_tooltip() -> None:
+    class Plain:
+        async def sleep(self) -> None: ...
+        async def wake_up(self) -> None: ...
+
+    class Capable(Plain):
+        supports_sleep = True
+
+    assert engine_supports_sleep(Plain()) is False  # type: ignore[arg-type]
+    assert engine_supports_sleep(Capable()) is True  # type: ignore[arg-type]
+    status = EngineStatus(EngineState.READY, "Started in 40 s", BUNDLED_MODEL_ID)
+    assert describe(status) == f"Gemma Desktop — engine ready\n{BUNDLED_MODEL_ID}\nStarted in 40 s"
+    assert "sleeping" in describe(status, sleeping=True)
