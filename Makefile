@@ -15,11 +15,11 @@ DEB_STAMP := $(VENV)/.debs-ok
 APP_DEBS := libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 \
 	libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core xdg-utils
-TEST_DEBS := $(APP_DEBS) xvfb xauth dbus dbus-x11 gnome-keyring libsecret-tools trayer \
+TEST_DEBS := $(APP_DEBS) xvfb xauth x11-utils dbus dbus-x11 gnome-keyring libsecret-tools trayer \
 	imagemagick desktop-file-utils
 APP_DEB_STAMP := $(VENV)/.debs-app
 
-.PHONY: run test lint unit bench screenshots debs clean help
+.PHONY: run test lint bench screenshots bundle debs clean help
 
 help:
 	@echo "make run          start Gemma Desktop (sets everything up on first use)"
@@ -47,6 +47,10 @@ bench: $(STAMP) $(DEB_STAMP)
 screenshots: $(STAMP) $(DEB_STAMP)
 	@mkdir -p build/screenshots
 	xvfb-run -a -s "-screen 0 1400x900x24" $(BIN)/python tools/screenshots.py build/screenshots
+	xvfb-run -a -s "-screen 0 1400x900x24" $(BIN)/python tools/screenshots_lifecycle.py build/screenshots
+
+bundle: $(STAMP)
+	packaging/build_bundle.sh --engine $(ENGINE)
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required"'

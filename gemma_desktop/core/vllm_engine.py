@@ -27,16 +27,19 @@ vLLM's logs go to stderr (warnings and up) and, in full, to
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from gemma_desktop.core import paths
 from gemma_desktop.core.catalog import fallback_variant
@@ -60,11 +63,14 @@ from gemma_desktop.core.engine_config import EngineConfig
 from gemma_desktop.core.prompt import BuiltPrompt, build_prompt, max_new_tokens
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _import_lock = threading.Lock()
 _import_thread: threading.Thread | None = None
 _import_error: BaseException | None = None
 _engine_log: Path | None = None
+#: ``time.perf_counter()`` when the vLLM import finished (for benchmarks).
+import_finished_at: float | None = None
 
 #: Seconds between checks that an idle engine's process is still alive.
 HEALTH_POLL_S = 1.0
@@ -109,9 +115,7 @@ def _configure_vllm_logging(console_level: str, log_dir: Path | None = None) -> 
                 "encoding": "utf-8",
             },
         },
-        "loggers": {
-            "vllm": {"handlers": ["console", "file"], "level": "INFO", "propagate": False}
-        },
+        "loggers": {"vllm": {"handlers": ["console", "file"], "level": "INFO", "propagate": False}},
     }
     config_file = log_file.parent / "engine-logging.json"
     config_file.write_text(json.dumps(config), encoding="utf-8")
@@ -120,15 +124,19 @@ def _configure_vllm_logging(console_level: str, log_dir: Path | None = None) -> 
 
 
 def _import_vllm() -> None:
-    global _import_error
+    global _import_error, import_finished_at
     try:
-        # transformers imports torchvision when present; PyPI's torchvision
-        # breaks beside the CPU torch (see README), and text models never need it.
-        import vllm.engine.arg_utils  # noqa: F401
-        import vllm.engine.async_llm_engine  # noqa: F401
-        import vllm.sampling_params  # noqa: F401
+        for name in (
+            "vllm.engine.arg_utils",
+            "vllm.engine.async_llm_engine",
+            "vllm.sampling_params",
+            "vllm.inputs",
+            "vllm.renderers.hf",
+        ):
+            importlib.import_module(name)
     except BaseException as exc:
         _import_error = exc
+    import_finished_at = time.perf_counter()
 
 
 def preload_vllm(
@@ -145,9 +153,7 @@ def preload_vllm(
     with _import_lock:
         if _import_thread is None:
             _configure_vllm_logging(console_log_level, log_dir)
-            _import_thread = threading.Thread(
-                target=_import_vllm, name="vllm-import", daemon=True
-            )
+            _import_thread = threading.Thread(target=_import_vllm, name="vllm-import", daemon=True)
             _import_thread.start()
         return _import_thread
 
@@ -254,7 +260,7 @@ class VllmEngine:
                 log_offset = _log_size()
                 before = _child_pids()
                 try:
-                    llm = await loop.run_in_executor(None, self._construct)
+                    llm = await _in_thread(self._construct, on_abandoned=_shutdown_quietly)
                 except Exception as exc:
                     self._reap(_child_pids() - before)
                     raise self._explain_start_failure(exc, log_offset) from exc
@@ -284,6 +290,7 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.engine.async_llm_engine import AsyncLLMEngine
 
+        _defer_tokenizer_pool_copies()
         args = AsyncEngineArgs(**self.config.to_engine_args_kwargs())
         return AsyncLLMEngine.from_engine_args(args)
 
@@ -312,7 +319,7 @@ class VllmEngine:
         lowered = detail.lower()
         model = self.config.model_id
         memory_hint = _memory_hint(model, self.config)
-        if "max seq len" in lowered or "max_model_len" in lowered and "kv cache" in lowered:
+        if "max seq len" in lowered or ("max_model_len" in lowered and "kv cache" in lowered):
             return EngineError(
                 f"{model}: the KV cache is too small for max_model_len "
                 f"({self.config.max_model_len or 'the model default'}).",
@@ -335,9 +342,8 @@ class VllmEngine:
                 f"Not enough {where} to start {model}.",
                 f"Close other programs using it, {memory_hint}.",
             )
-        first = _exception_text(exc).strip().splitlines()
         return EngineError(
-            f"The engine failed to start {model}: {first[-1] if first else type(exc).__name__}",
+            f"The engine failed to start {model}: {_root_cause(exc, log_offset)}",
             f"See the engine log for details: {engine_log_path()}",
         )
 
@@ -352,10 +358,8 @@ class VllmEngine:
                 self._set_state(EngineState.STOPPED)
             return
         if self._active:
-            try:
+            with contextlib.suppress(Exception):  # the engine may be dead already
                 await asyncio.wait_for(llm.abort(list(self._active)), timeout=2.0)
-            except Exception:  # the engine may be dead already
-                pass
         pids = set(self._engine_pids)
         loop = asyncio.get_running_loop()
         handler = getattr(llm, "output_handler", None)
@@ -385,10 +389,8 @@ class VllmEngine:
                 continue
         _, alive = psutil.wait_procs(procs, timeout=5)
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=5)
 
     async def restart(self) -> None:
@@ -471,9 +473,7 @@ class VllmEngine:
         params = SamplingParams(
             temperature=options.temperature,
             top_p=options.top_p if options.temperature > 0 else 1.0,
-            max_tokens=max_new_tokens(
-                options.max_tokens, prompt.token_count, self._max_model_len
-            ),
+            max_tokens=max_new_tokens(options.max_tokens, prompt.token_count, self._max_model_len),
             seed=options.seed,
             stop=list(prompt.stop) or None,
             output_kind=RequestOutputKind.DELTA,
@@ -527,17 +527,110 @@ class VllmEngine:
             return
         await llm.abort(request_id)
 
-    # -- optional: sleep mode ------------------------------------------------------------
 
-    async def sleep(self, level: int = 1) -> None:
-        """Free the model's memory while idle (vLLM sleep mode; CUDA builds only)."""
-        await self._require_running().sleep(level)
+def _defer_tokenizer_pool_copies() -> None:
+    """Keep vLLM's renderer from deep-copying the tokenizer while the engine starts.
 
-    async def wake_up(self) -> None:
-        await self._require_running().wake_up()
+    vLLM 0.32's ``HfRenderer`` deep-copies the tokenizer into a pool for its
+    worker threads while the engine is built: each copy holds the GIL for
+    1.5-3.5 s with Gemma's 262k-token vocabulary (measured), freezing the
+    window. Here the pool starts with one member that shares the original's
+    backend (a shallow copy, free). vLLM's pool still hands each member to one
+    borrower at a time and deep-copies on demand when a second borrower comes
+    at the same moment; the app sends token ids, so the renderer rarely needs
+    the tokenizer at all.
+    """
+    try:
+        import vllm.renderers.hf as hf_renderer
+    except ImportError:  # another vLLM layout: nothing to change
+        return
+    original = getattr(hf_renderer, "maybe_make_thread_pool", None)
+    if original is None or getattr(original, "_shallow_first_copy", False):
+        return
+
+    def shallow_first_copy(tokenizer: Any, copies: int = 1) -> Any:
+        cls = type(tokenizer)
+        added = _add_shallow_deepcopy(cls)
+        try:
+            return original(tokenizer, 1)
+        finally:
+            if added:
+                del cls.__deepcopy__
+
+    shallow_first_copy._shallow_first_copy = True  # type: ignore[attr-defined]
+    setattr(hf_renderer, "maybe_make_thread_pool", shallow_first_copy)  # noqa: B010
+
+
+def _add_shallow_deepcopy(cls: type) -> bool:
+    """Make ``deepcopy`` of ``cls`` instances shallow until removed; False if it has its own.
+
+    vLLM builds a new tokenizer class per tokenizer, so this touches only it,
+    and only while the pool is being filled.
+    """
+    import copy
+
+    if "__deepcopy__" in cls.__dict__:
+        return False
+
+    def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
+        return copy.copy(self)
+
+    cls.__deepcopy__ = __deepcopy__  # type: ignore[attr-defined]
+    return True
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+async def _in_thread(func: Callable[[], T], on_abandoned: Callable[[T], None]) -> T:
+    """Run ``func`` on a daemon thread; the loop only waits for its result.
+
+    If the awaiting task is cancelled (the app quits while the engine starts),
+    ``on_abandoned`` receives the result once ``func`` finishes, so a late
+    engine is shut down instead of leaking its processes.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    abandoned = threading.Event()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():  # cancelled between the thread finishing and now
+            if result is not None:
+                threading.Thread(target=on_abandoned, args=(result,), daemon=True).start()
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = func()
+        except BaseException as exc:
+            if not abandoned.is_set():
+                loop.call_soon_threadsafe(deliver, None, exc)
+            return
+        if abandoned.is_set():
+            on_abandoned(result)
+            return
+        try:
+            loop.call_soon_threadsafe(deliver, result, None)
+        except RuntimeError:  # the loop is closed
+            on_abandoned(result)
+
+    threading.Thread(target=work, name="vllm-engine-start", daemon=True).start()
+    try:
+        return await future
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
+
+
+def _shutdown_quietly(llm: Any) -> None:
+    try:
+        llm.shutdown()
+    except Exception:
+        log.exception("shutting down an abandoned engine failed")
 
 
 def _child_pids() -> set[int]:
@@ -592,6 +685,16 @@ def _log_errors_since(offset: int) -> str:
     except OSError:
         return ""
     return text[-8192:]
+
+
+def _root_cause(exc: BaseException, log_offset: int) -> str:
+    """The last error the engine process logged, else the innermost exception."""
+    for line in reversed(_log_errors_since(log_offset).splitlines()):
+        match = re.match(r"^\s*([A-Za-z_.]*(?:Error|Exception)): (.+)$", line)
+        if match:
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+    lines = _exception_text(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _exception_text(exc: BaseException) -> str:

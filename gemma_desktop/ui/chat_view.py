@@ -23,11 +23,14 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 from PySide6.QtCore import QMimeData, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
+    QColor,
     QDesktopServices,
+    QFont,
     QGuiApplication,
     QKeyEvent,
     QKeySequence,
@@ -65,12 +68,21 @@ from gemma_desktop.core.engine import (
 )
 from gemma_desktop.ui import theme
 from gemma_desktop.ui.engine_host import EngineHost
-from gemma_desktop.ui.markdown import BlockSplitter, MarkdownRenderer, plain_to_html
+from gemma_desktop.ui.markdown import (
+    CODE_HEADER_STYLE,
+    BlockSplitter,
+    MarkdownRenderer,
+    plain_to_html,
+)
 
 log = logging.getLogger(__name__)
 
 #: Refresh interval of the streaming answer (about 30 Hz).
 REFRESH_MS = 33
+#: Longest a refresh renders before letting the event loop run again.
+RENDER_BUDGET_S = 0.016
+#: Pause between budgeted refreshes while rendering catches up with a burst.
+CATCH_UP_MS = 4
 #: User messages longer than this are shown shortened in the transcript (sent in full).
 PREVIEW_CHARS = 20_000
 
@@ -110,6 +122,7 @@ class TranscriptView(QTextBrowser):
         self._messages: list[_Message] = []
         self._splitter = BlockSplitter()
         self._pending: list[str] = []
+        self._ready: deque[str] = deque()
         self._streaming = False
         self._tail_start = 0
         self._tail_code_id: int | None = None
@@ -124,8 +137,8 @@ class TranscriptView(QTextBrowser):
 
     def apply_colors(self) -> None:
         c = theme.colors()
-        self._renderer.set_colors(c.code_bg, c.code_header, c.muted)
         mono = theme.monospace_font().family()
+        self._renderer.set_colors(c.code_bg, c.code_header, c.muted, mono)
         self.document().setDefaultStyleSheet(
             f"pre {{ font-family: '{mono}'; margin: 0; }} code {{ font-family: '{mono}'; }}"
             f"a {{ color: {c.accent}; }} h1, h2, h3 {{ margin-top: 10px; }}"
@@ -150,23 +163,52 @@ class TranscriptView(QTextBrowser):
         cursor.movePosition(QTextCursor.MoveOperation.End)
         return cursor
 
-    def _new_block(self, cursor: QTextCursor) -> None:
+    def _new_block(self, cursor: QTextCursor, top_margin: float = 0.0) -> None:
         """Start a clean paragraph, so no formatting leaks from the previous block."""
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        block = QTextBlockFormat()
+        block.setTopMargin(top_margin)
+        cursor.insertBlock(block, QTextCharFormat())
+
+    def _insert_rendered(self, cursor: QTextCursor, html_text: str) -> None:
+        """Insert a rendered Markdown block into the (empty) block at ``cursor``.
+
+        Qt puts a list into a block of its own and leaves the empty block it was
+        inserted into behind; that blank line is merged away.
+        """
+        start = cursor.position()
+        cursor.insertHtml(html_text)
+        block = self.document().findBlock(start)
+        if html_text.startswith(f'<p style="{CODE_HEADER_STYLE}'):
+            # insertHtml merged the header into the existing block, keeping that
+            # block's format: give it the header's band.
+            band = QTextBlockFormat()
+            band.setBackground(QColor(theme.colors().code_header))
+            band.setTopMargin(8.0)
+            QTextCursor(block).mergeBlockFormat(band)
+        following = block.next()
+        if (
+            block.length() == 1
+            and block.textList() is None
+            and following.isValid()
+            and following.textList() is not None
+            and block.position() > 0
+        ):
+            eraser = QTextCursor(self.document())
+            eraser.setPosition(block.position() - 1)
+            eraser.deleteChar()
 
     def _begin_message(self, role: str, title: str) -> QTextCursor:
         at_bottom = self._at_bottom()
         cursor = self._end_cursor()
         start = cursor.position()
         if not self.document().isEmpty():
-            self._new_block(cursor)
+            self._new_block(cursor, top_margin=18.0)
         c = theme.colors()
-        color = c.accent if role == "assistant" else c.muted
-        cursor.insertHtml(
-            f'<p style="margin-top:12px;"><span style="color:{color}; font-weight:600;">'
-            f"{title}</span></p>"
-        )
-        self._new_block(cursor)
+        header = QTextCharFormat()
+        header.setForeground(QColor(c.accent if role == "assistant" else c.muted))
+        header.setFontWeight(QFont.Weight.DemiBold)
+        cursor.insertText(title, header)
+        self._new_block(cursor, top_margin=4.0)
         self._messages.append(_Message(role, start))
         if at_bottom:
             self._scroll_to_end()
@@ -192,8 +234,8 @@ class TranscriptView(QTextBrowser):
     def add_notice(self, html_text: str) -> None:
         """A muted line under the last message (errors, figures)."""
         cursor = self._end_cursor()
-        self._new_block(cursor)
-        cursor.insertHtml(f'<p style="color:{theme.colors().muted};">{html_text}</p>')
+        self._new_block(cursor, top_margin=6.0)
+        cursor.insertHtml(f'<span style="color:{theme.colors().muted};">{html_text}</span>')
         self._scroll_to_end()
 
     def begin_answer(self, title: str = "Gemma") -> None:
@@ -202,6 +244,7 @@ class TranscriptView(QTextBrowser):
         cursor = self._begin_message("assistant", title)
         self._splitter = BlockSplitter()
         self._pending.clear()
+        self._ready.clear()
         self._tail_start = cursor.position()
         self._tail_code_id = None
         self._streaming = True
@@ -212,34 +255,47 @@ class TranscriptView(QTextBrowser):
             return
         self._pending.append(text)
         if not self._timer.isActive():
-            self._timer.start()
+            self._timer.start(REFRESH_MS)
 
     def flush(self) -> None:
-        """Render what arrived since the last refresh (complete blocks once, tail again)."""
-        self._timer.stop()
-        if not self._streaming or not self._pending:
-            return
-        text = "".join(self._pending)
-        self._pending.clear()
-        completed = self._splitter.feed(text)
-        self._render(completed, self._splitter.tail)
+        """Render what arrived since the last refresh (complete blocks once, tail again).
 
-    def _render(self, completed: list[str], tail: str) -> None:
+        Rendering stops after :data:`RENDER_BUDGET_S`; blocks left over are
+        rendered after a short pause (:data:`CATCH_UP_MS`), so a burst of text never
+        holds the window for long.
+        """
+        self._timer.stop()
+        if not self._streaming:
+            return
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._ready.extend(self._splitter.feed(text))
+        elif not self._ready:
+            return
+        self._render(self._splitter.tail, deadline=time.perf_counter() + RENDER_BUDGET_S)
+        if self._ready:
+            self._timer.start(CATCH_UP_MS)
+
+    def _render(self, tail: str, deadline: float | None = None) -> None:
         at_bottom = self._at_bottom()
         cursor = QTextCursor(self.document())
         cursor.beginEditBlock()
         cursor.setPosition(self._tail_start)
         cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
         cursor.removeSelectedText()
-        for block in completed:
-            cursor.insertHtml(self._renderer.render(block, code_id=self._tail_code_id))
+        while self._ready:
+            block = self._ready.popleft()
+            self._insert_rendered(cursor, self._renderer.render(block, code_id=self._tail_code_id))
             self._tail_code_id = None
-            self._new_block(cursor)
+            self._new_block(cursor, top_margin=6.0)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
         self._tail_start = cursor.position()
-        if tail.strip():
+        if tail.strip() and not self._ready:
             if self._splitter.in_code and self._tail_code_id is None:
                 self._tail_code_id = self._renderer.new_code_id()
-            cursor.insertHtml(self._renderer.render(tail, code_id=self._tail_code_id))
+            self._insert_rendered(cursor, self._renderer.render(tail, code_id=self._tail_code_id))
         cursor.endEditBlock()
         self.refresh_count += 1
         if at_bottom:
@@ -252,12 +308,21 @@ class TranscriptView(QTextBrowser):
         self._timer.stop()
         text = "".join(self._pending)
         self._pending.clear()
-        completed = self._splitter.feed(text)
+        self._ready.extend(self._splitter.feed(text))
         rest = self._splitter.finish()
-        self._render([*completed, rest] if rest.strip() else completed, "")
+        if rest.strip():
+            self._ready.append(rest)
+        self._render("")
         self._streaming = False
+        self._drop_trailing_empty_block()
         if footer:
             self.add_notice(footer)
+
+    def _drop_trailing_empty_block(self) -> None:
+        last = self.document().lastBlock()
+        if last.length() == 1 and last.position() > 0 and last.textList() is None:
+            cursor = self._end_cursor()
+            cursor.deletePreviousChar()
 
     def remove_last_message(self) -> str | None:
         """Remove the last message from the view; returns its role."""
@@ -266,6 +331,7 @@ class TranscriptView(QTextBrowser):
         if self._streaming:
             self._timer.stop()
             self._pending.clear()
+            self._ready.clear()
             self._streaming = False
         message = self._messages.pop()
         cursor = QTextCursor(self.document())
@@ -277,6 +343,7 @@ class TranscriptView(QTextBrowser):
     def clear_transcript(self) -> None:
         self._timer.stop()
         self._pending.clear()
+        self._ready.clear()
         self._streaming = False
         self._messages.clear()
         self._renderer.reset()
@@ -397,8 +464,8 @@ class ChatPanel(QWidget):
 
         self.transcript = TranscriptView()
         self.composer = Composer()
-        self.composer.setMinimumHeight(64)
-        self.composer.setMaximumHeight(180)
+        self.composer.setMinimumHeight(60)
+        self.composer.setMaximumHeight(120)
 
         self.send_button = _icon_button("Send", "send", "Send message", "Send (Enter)")
         self.send_button.setProperty("role", "primary")
@@ -446,6 +513,7 @@ class ChatPanel(QWidget):
         self.max_tokens.setAccessibleName("Maximum tokens")
         self.settings_toggle = QToolButton()
         self.settings_toggle.setText("Answer settings")
+        self.settings_toggle.setToolTip("Show or hide the system prompt and sampling controls")
         self.settings_toggle.setCheckable(True)
         self.settings_toggle.setChecked(True)
         self.settings_toggle.setAccessibleName("Show answer settings")
@@ -453,16 +521,27 @@ class ChatPanel(QWidget):
         settings_box = QFrame()
         settings_box.setProperty("role", "card")
         settings_box.setObjectName("answerSettings")
-        form = QFormLayout(settings_box)
-        form.setContentsMargins(12, 12, 12, 12)
-        title = QLabel("Answer settings")
-        title.setProperty("role", "title")
-        form.addRow(title)
-        form.addRow(QLabel("System prompt"))
-        form.addRow(self.system_prompt)
-        form.addRow("Temperature", self.temperature)
-        form.addRow("Top-p", self.top_p)
-        form.addRow("Max tokens", self.max_tokens)
+        settings_box.setMinimumWidth(290)
+        box_layout = QVBoxLayout(settings_box)
+        box_layout.setContentsMargins(12, 12, 12, 12)
+        box_layout.setSpacing(8)
+        system_label = QLabel("<b>System prompt</b>")
+        system_label.setBuddy(self.system_prompt)
+        box_layout.addWidget(system_label)
+        box_layout.addWidget(self.system_prompt)
+        form = QFormLayout()
+        form.addRow("&Temperature", self.temperature)
+        form.addRow("Top-&p", self.top_p)
+        form.addRow("Max &tokens", self.max_tokens)
+        for row in range(form.rowCount()):
+            label = form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+            field = form.itemAt(row, QFormLayout.ItemRole.FieldRole)
+            label_widget = label.widget() if label is not None else None
+            field_widget = field.widget() if field is not None else None
+            if isinstance(label_widget, QLabel) and field_widget is not None:
+                label_widget.setBuddy(field_widget)
+        box_layout.addLayout(form)
+        box_layout.addStretch(1)
         self.settings_box = settings_box
         self.settings_toggle.toggled.connect(settings_box.setVisible)
 

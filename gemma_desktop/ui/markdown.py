@@ -8,7 +8,7 @@ the size of the current block, not of the whole answer.
 
 :class:`MarkdownRenderer` turns a block into the HTML subset QTextDocument
 understands. Raw HTML in the model's output is shown as text, never
-interpreted. Fenced code gets a header with its language and a ``copy:N``
+interpreted. Fenced code gets a header line with its language and a ``copy:N``
 link that the chat view handles (the code's text is kept in
 :attr:`MarkdownRenderer.code_blocks`).
 """
@@ -22,6 +22,8 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
+#: Starts the header line of every rendered code block (the chat view finds it by this).
+CODE_HEADER_STYLE = "-qt-code-header:1; "
 _FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
 
@@ -100,6 +102,7 @@ class MarkdownRenderer:
     code_bg: str = "#f2f4f7"
     code_header: str = "#e4e8ee"
     muted: str = "#5f6673"
+    mono_family: str = "monospace"
     code_blocks: dict[int, str] = field(default_factory=dict)
     _md: Any = None
     _next_code_id: int = 0
@@ -108,15 +111,27 @@ class MarkdownRenderer:
         md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         md.enable("table")
         md.enable("strikethrough")
+
         def fence(_renderer: Any, tokens: list[Any], idx: int, _opts: Any, env: Any) -> str:
             return self._render_fence(tokens[idx], env)
 
+        def code_inline(_renderer: Any, tokens: list[Any], idx: int, _opts: Any, _env: Any) -> str:
+            return (
+                f'<span style="font-family:{self.mono_family}; '
+                f'background-color:{self.code_bg};">{html.escape(tokens[idx].content)}</span>'
+            )
+
         md.add_render_rule("fence", fence)
         md.add_render_rule("code_block", fence)
+        md.add_render_rule("code_inline", code_inline)
         self._md = md
 
-    def set_colors(self, code_bg: str, code_header: str, muted: str) -> None:
+    def set_colors(
+        self, code_bg: str, code_header: str, muted: str, mono_family: str | None = None
+    ) -> None:
         self.code_bg, self.code_header, self.muted = code_bg, code_header, muted
+        if mono_family:
+            self.mono_family = f"'{mono_family}'"
 
     def render(self, text: str, *, code_id: int | None = None) -> str:
         """HTML for ``text``. ``code_id`` reuses an id for a block that is re-rendered."""
@@ -141,13 +156,15 @@ class MarkdownRenderer:
         self.code_blocks[code_id] = code
         body = html.escape(code.rstrip("\n")) or "&nbsp;"
         label = html.escape(lang) if lang else "code"
+        # Paragraphs with a background rather than a table: QTextDocument lays
+        # out tables (frames) at a cost that grows with the document.
         return (
-            f'<table width="100%" cellspacing="0" cellpadding="6" '
-            f'style="margin-top:6px; margin-bottom:6px; border-collapse:collapse;">'
-            f'<tr><td bgcolor="{self.code_header}"><span style="color:{self.muted};">'
-            f'{label}</span></td><td bgcolor="{self.code_header}" align="right">'
-            f'<a href="copy:{code_id}">Copy</a></td></tr>'
-            f'<tr><td colspan="2" bgcolor="{self.code_bg}"><pre>{body}</pre></td></tr></table>'
+            f'<p style="{CODE_HEADER_STYLE}background-color:{self.code_header}; '
+            f'margin-top:8px; margin-bottom:0px;">'
+            f'<span style="color:{self.muted};">&nbsp;{label}&nbsp;&nbsp;</span>'
+            f'<a href="copy:{code_id}">Copy code</a></p>'
+            f'<pre style="background-color:{self.code_bg}; font-family:{self.mono_family}; '
+            f'margin-top:0px; margin-bottom:8px;">{body}</pre>'
         )
 
 

@@ -16,6 +16,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
+from gemma_desktop.ui import qtcompat
+
+qtcompat.keep_none_alive()
+
 #: ``resources/icons`` beside the package (source checkout and editable installs).
 ICONS_DIR = Path(__file__).resolve().parent.parent.parent / "resources" / "icons"
 
@@ -138,7 +142,8 @@ def stylesheet(scheme: Colors) -> str:
     """Spacing and a few accents on top of the Fusion style."""
     return f"""
     QWidget#navigation {{ background: {scheme.base}; border-right: 1px solid {scheme.border}; }}
-    QListWidget#navigation::item {{ padding: 9px 12px; border-radius: 6px; margin: 2px 6px; }}
+    QListWidget#navigation {{ padding-top: 8px; }}
+    QListWidget#navigation::item {{ padding-left: 10px; border-radius: 6px; margin: 1px 6px; }}
     QListWidget#navigation::item:selected {{ background: {scheme.accent};
                                              color: {scheme.accent_text}; }}
     QLabel[role="title"] {{ font-size: 17px; font-weight: 600; }}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,9 @@ class Tray(QObject):
         self.quitting = False
         self._quit_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        # Read once, up front: the settings file is tiny and this runs before the loop is busy.
         self._notice_shown: bool | None = None
+        self._notice_was_shown()
         self.last_notification: tuple[str, str] | None = None
 
         self.menu = QMenu()
@@ -322,7 +325,7 @@ class Tray(QObject):
             event.ignore()
             if self.available:
                 self.window.hide()
-                self._spawn(self._notice_once())
+                self._notice_once()
                 self.refresh()
             else:
                 self._spawn(self._close_without_tray())
@@ -344,15 +347,16 @@ class Tray(QObject):
                 return
         await self.quit()
 
-    async def _notice_once(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _notice_was_shown(self) -> bool:
         if self._notice_shown is None:
             try:
-                saved = await loop.run_in_executor(None, self.store.load)
-                self._notice_shown = bool(saved.get(NOTICE_KEY))
+                self._notice_shown = bool(self.store.load().get(NOTICE_KEY))
             except GemmaDesktopError:
                 self._notice_shown = False
-        if self._notice_shown:
+        return self._notice_shown
+
+    def _notice_once(self) -> None:
+        if self._notice_was_shown():
             return
         self._notice_shown = True
         self.notify(
@@ -360,10 +364,15 @@ class Tray(QObject):
             "The engine stays loaded in the background so your next chat starts at once. "
             "Use the tray icon to open the window again or to quit.",
         )
-        try:
-            await loop.run_in_executor(None, lambda: self.store.update(**{NOTICE_KEY: True}))
-        except GemmaDesktopError as exc:
-            log.warning("could not remember the tray notice: %s", exc.reason)
+
+        def remember() -> None:
+            try:
+                self.store.update(**{NOTICE_KEY: True})
+            except GemmaDesktopError as exc:
+                log.warning("could not remember the tray notice: %s", exc.reason)
+
+        # A small file write; its own thread, so a busy executor never delays it.
+        threading.Thread(target=remember, name="tray-notice", daemon=False).start()
 
     # -- helpers --------------------------------------------------------------------------
 

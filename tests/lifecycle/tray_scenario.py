@@ -107,8 +107,16 @@ def main() -> int:
                 sleep_visible=tray.sleep_action.isVisible(),
                 pids=pids,
             )
+            probe = asyncio.get_running_loop().run_in_executor(None, lambda: 42)
+            try:
+                executor_answer = await asyncio.wait_for(probe, 20)
+            except asyncio.TimeoutError:
+                executor_answer = None
+            emit("executor", answer=executor_answer)
             window.close()
             await asyncio.sleep(0.3)
+            # The notice comes once the saved settings were read on a worker thread.
+            await wait_for(lambda: tray.last_notification is not None, 30, "tray notice")
             emit(
                 "closed",
                 window_visible=window.isVisible(),
@@ -145,7 +153,12 @@ def main() -> int:
     with loop:
         loop.run_forever()
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    children = [c.pid for c in psutil.Process().children(recursive=True)]
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            children.append({"pid": child.pid, "cmd": " ".join(child.cmdline())[:200]})
+        except psutil.NoSuchProcess:
+            continue
     emit(
         "exited",
         state=host.status.state.value,

@@ -85,6 +85,8 @@ class VllmServer:
             "0.1",
             "--kv-cache-memory-bytes",
             str(256 * 1024**2),
+            # Logs "Request chatcmpl-<id> aborted." when a client stops.
+            "--enable-log-requests",
             "--disable-uvicorn-access-log",
             "--uvicorn-log-level",
             "warning",
@@ -142,9 +144,7 @@ class VllmServer:
         if self.proc is None:
             return
         with contextlib.suppress(psutil.Error):
-            self.pids.update(
-                p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)
-            )
+            self.pids.update(p.pid for p in psutil.Process(self.proc.pid).children(recursive=True))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -200,6 +200,17 @@ class VllmServer:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def aborted(self, request_id: str) -> bool:
+        """Whether the server's log says it aborted ``request_id`` (an X-Request-Id)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return any(
+            f"-{request_id} aborted" in line or f"-{request_id}) aborted" in line
+            for line in text.splitlines()
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a Prometheus metric's samples whose labels match."""

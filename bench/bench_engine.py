@@ -1,0 +1,392 @@
+"""Engine benchmark: raw vLLM ``AsyncLLMEngine`` versus the app's engine path.
+
+Runs each side in its own fresh process (so both pay the same imports and
+neither inherits the other's warm state), on the bundled Gemma 3 270M with
+the app's CPU engine settings, the same prompt and greedy sampling, 256 tokens:
+
+* raw: ``AsyncLLMEngine.from_engine_args`` on a plain asyncio loop, then
+  ``generate()`` with ``RequestOutputKind.DELTA``;
+* app: Qt application + ``AppEventLoop``, ``VllmEngine.start()`` then
+  ``VllmEngine.chat()``, with a ``QTimer`` heartbeat every 5 ms recording the
+  longest gap between beats while the engine starts and while it streams.
+
+Prints a table and writes ``bench/results/engine.json``. Figures, not
+assertions: the machine may be busy with other work.
+
+    .venv/bin/python bench/bench_engine.py [--tokens 256] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "engine.json"
+PROMPT = "Once upon a time,"
+HEARTBEAT_MS = 5
+
+TARGETS = {
+    "throughput_ratio_min": 0.98,
+    "ttft_overhead_ms_max": 10.0,
+    "start_ratio_max": 1.1,
+    "gap_start_ms_max": 100.0,
+    "gap_stream_ms_max": 33.0,
+}
+
+
+def _engine_config() -> Any:
+    sys.path.insert(0, str(REPO))
+    from gemma_desktop.core.bundled import provision_bundled_model
+    from gemma_desktop.core.catalog import VariantCatalog
+    from gemma_desktop.core.engine_config import EngineConfig
+    from gemma_desktop.core.settings import load_settings
+
+    path = provision_bundled_model()
+    return EngineConfig.build(
+        load_settings(env={}), VariantCatalog().bundled, total_vram_gb=None, model_path=path
+    )
+
+
+# --- the raw side ----------------------------------------------------------------------
+
+
+def run_raw(tokens: int) -> dict[str, Any]:
+    import asyncio
+
+    config = _engine_config()
+    began = time.perf_counter()
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.engine.async_llm_engine import AsyncLLMEngine
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    imported = time.perf_counter()
+
+    async def main() -> dict[str, Any]:
+        llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**config.to_engine_args_kwargs()))
+        ready = time.perf_counter()
+        try:
+            params = SamplingParams(
+                temperature=0.0, max_tokens=tokens, output_kind=RequestOutputKind.DELTA
+            )
+            t0 = time.perf_counter()
+            first: float | None = None
+            count = 0
+            prompt_tokens = 0
+            async for out in llm.generate(PROMPT, params, "raw-0"):
+                if out.outputs and out.outputs[0].token_ids:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    count += len(out.outputs[0].token_ids)
+                prompt_tokens = len(out.prompt_token_ids or [])
+            total = time.perf_counter() - t0
+        finally:
+            llm.shutdown()
+        assert first is not None
+        return {
+            "import_s": imported - began,
+            "construct_s": ready - imported,
+            "start_s": ready - began,
+            "ttft_s": first,
+            "total_s": total,
+            "tokens": count,
+            "prompt_tokens": prompt_tokens,
+            "tokens_per_s": (count - 1) / (total - first),
+        }
+
+    return asyncio.run(main())
+
+
+# --- the app side ------------------------------------------------------------------------
+
+
+class CallProfiler:
+    """Records C calls that hold a worker thread for long (``--attribute``).
+
+    A C function does not release the GIL unless it says so, so a long one on
+    any thread is a gap in the UI thread's loop. Profiling slows start-up, so
+    it is off for the figures in the table.
+    """
+
+    def __init__(self, threshold_s: float = 0.08) -> None:
+        import threading
+
+        self.threshold_s = threshold_s
+        self.calls: list[tuple[float, float, str, str]] = []
+        self._local = threading.local()
+
+    def install(self) -> None:
+        import threading
+
+        threading.setprofile(self._profile)
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        stack: list[tuple[float, Any]] = self._local.__dict__.setdefault("stack", [])
+        if event == "c_call":
+            stack.append((time.perf_counter(), arg))
+        elif event in ("c_return", "c_exception") and stack:
+            started, func = stack.pop()
+            held = time.perf_counter() - started
+            if held >= self.threshold_s:
+                where = f"{frame.f_code.co_filename.split('site-packages/')[-1]}:{frame.f_lineno}"
+                name = getattr(func, "__qualname__", repr(func))
+                self.calls.append((started, held, name, where))
+
+
+def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    sys.path.insert(0, str(REPO))
+    from gemma_desktop.ui.loop import create_loop
+
+    config = _engine_config()
+    profiler = CallProfiler() if attribute else None
+    app = QApplication([])
+    loop = create_loop(app)
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setInterval(HEARTBEAT_MS)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+
+    def gaps_between(start: float, end: float) -> list[float]:
+        inside = [start, *[b for b in beats if start <= b <= end], end]
+        return sorted((b - a for a, b in itertools.pairwise(inside)), reverse=True)
+
+    async def main() -> dict[str, Any]:
+        from gemma_desktop.core.engine import ChatMessage, SamplingOptions, TextDelta
+        from gemma_desktop.core.vllm_engine import VllmEngine, preload_vllm
+
+        timer.start()
+        await _sleep(0.2)
+        if profiler is not None:
+            profiler.install()
+        began = time.perf_counter()
+        preload_vllm("ERROR")
+        engine = VllmEngine(config)
+        await engine.start()
+        ready = time.perf_counter()
+        try:
+            await _sleep(0.2)
+            t0 = time.perf_counter()
+            first: float | None = None
+            count = 0
+            end = None
+            async for item in engine.chat(
+                [ChatMessage("user", PROMPT)], SamplingOptions(temperature=0.0, max_tokens=tokens)
+            ):
+                if isinstance(item, TextDelta):
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    count += item.token_count
+                else:
+                    end = item
+            total = time.perf_counter() - t0
+            streamed = time.perf_counter()
+        finally:
+            await engine.shutdown()
+        assert first is not None and end is not None
+        from gemma_desktop.core import vllm_engine
+
+        imported = vllm_engine.import_finished_at or began
+        start_gaps = gaps_between(began, ready)
+        top_gaps = _top_gaps(beats, began, ready)
+        attributed = []
+        for gap_end, gap in top_gaps:
+            gap_start = gap_end - gap
+            phase = "import" if gap_end <= imported else "construct"
+            holders = sorted(
+                {
+                    f"{name} @ {where} ({held * 1000:.0f} ms)"
+                    for started, held, name, where in (profiler.calls if profiler else [])
+                    if started < gap_end
+                    and started + held > gap_start
+                    and name not in ("exec", "__import__", "_call_with_frames_removed")
+                }
+            )
+            attributed.append(
+                {
+                    "gap_ms": round(gap * 1000),
+                    "at_s": round(gap_start - began, 2),
+                    "phase": phase,
+                    "long_c_calls": holders[:4],
+                }
+            )
+        stream_gaps = gaps_between(t0 + first, streamed)
+        return {
+            "start_s": ready - began,
+            "ttft_s": first,
+            "total_s": total,
+            "tokens": count,
+            "prompt_tokens": end.stats.prompt_tokens,
+            "tokens_per_s": (count - 1) / (total - first),
+            "finish_reason": end.stats.finish_reason,
+            "gap_start_ms": start_gaps[0] * 1000,
+            "gaps_start_top_ms": [round(g * 1000) for g in start_gaps[:8]],
+            "gaps_start_over_100ms": sum(1 for g in start_gaps if g > 0.1),
+            "import_s": imported - began,
+            "start_gaps_attributed": attributed,
+            "profiled": profiler is not None,
+            "gap_stream_ms": stream_gaps[0] * 1000,
+            "gaps_stream_top_ms": [round(g * 1000) for g in stream_gaps[:5]],
+        }
+
+    with loop:
+        return loop.run_until_complete(main())
+
+
+def _top_gaps(
+    beats: list[float], start: float, end: float, n: int = 8
+) -> list[tuple[float, float]]:
+    """The ``n`` longest gaps as ``(end_time, length)``."""
+    inside = [start, *[b for b in beats if start <= b <= end], end]
+    pairs = [(b, b - a) for a, b in itertools.pairwise(inside)]
+    return sorted(pairs, key=lambda p: p[1], reverse=True)[:n]
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+# --- orchestration -------------------------------------------------------------------------
+
+
+def _child(mode: str, tokens: int, attribute: bool = False) -> dict[str, Any]:
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+    env.setdefault("GEMMA_DESKTOP_MODELS_DIR", str(REPO / "build" / "models"))
+    env["VLLM_LOGGING_LEVEL"] = "ERROR"
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--tokens", str(tokens)]
+        + (["--attribute"] if attribute else []),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{mode} run failed (exit {proc.returncode})")
+    return dict(json.loads(lines[-1][len("RESULT ") :]))
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=1, help="raw/app pairs to run (median)")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="also run the app side once with a profiler naming the C calls behind each gap",
+    )
+    parser.add_argument("--child", choices=("raw", "app"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        if args.child == "raw":
+            result = run_raw(args.tokens)
+        else:
+            result = run_app(args.tokens, args.attribute)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    raws: list[dict[str, Any]] = []
+    apps: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}: raw engine...", file=sys.stderr, flush=True)
+        raws.append(_child("raw", args.tokens))
+        print(f"round {round_ + 1}/{args.rounds}: app engine...", file=sys.stderr, flush=True)
+        apps.append(_child("app", args.tokens))
+
+    attribution = None
+    if args.attribute:
+        print("attribution run (profiled app engine)...", file=sys.stderr, flush=True)
+        attribution = _child("app", args.tokens, attribute=True)["start_gaps_attributed"]
+
+    raw = {k: _median(raws, k) for k in ("start_s", "ttft_s", "tokens_per_s")}
+    app = {
+        k: _median(apps, k)
+        for k in ("start_s", "ttft_s", "tokens_per_s", "gap_start_ms", "gap_stream_ms")
+    }
+    figures = {
+        "throughput_ratio": app["tokens_per_s"] / raw["tokens_per_s"],
+        "ttft_overhead_ms": (app["ttft_s"] - raw["ttft_s"]) * 1000,
+        "start_ratio": app["start_s"] / raw["start_s"],
+        "gap_start_ms": app["gap_start_ms"],
+        "gap_stream_ms": app["gap_stream_ms"],
+    }
+    met = {
+        "throughput_ratio": figures["throughput_ratio"] >= TARGETS["throughput_ratio_min"],
+        "ttft_overhead_ms": figures["ttft_overhead_ms"] <= TARGETS["ttft_overhead_ms_max"],
+        "start_ratio": figures["start_ratio"] <= TARGETS["start_ratio_max"],
+        "gap_start_ms": figures["gap_start_ms"] <= TARGETS["gap_start_ms_max"],
+        "gap_stream_ms": figures["gap_stream_ms"] <= TARGETS["gap_stream_ms_max"],
+    }
+    rows = [
+        ("tokens/s", f"{raw['tokens_per_s']:.1f}", f"{app['tokens_per_s']:.1f}",
+         f"ratio {figures['throughput_ratio']:.3f}", ">= 0.98", met["throughput_ratio"]),
+        ("TTFT", f"{raw['ttft_s'] * 1000:.0f} ms", f"{app['ttft_s'] * 1000:.0f} ms",
+         f"+{figures['ttft_overhead_ms']:.1f} ms", "<= 10 ms", met["ttft_overhead_ms"]),
+        ("engine start", f"{raw['start_s']:.1f} s", f"{app['start_s']:.1f} s",
+         f"ratio {figures['start_ratio']:.3f}", "<= 1.1", met["start_ratio"]),
+        ("loop gap, starting", "-", f"{app['gap_start_ms']:.0f} ms", "", "<= 100 ms",
+         met["gap_start_ms"]),
+        ("loop gap, streaming", "-", f"{app['gap_stream_ms']:.0f} ms", "", "<= 33 ms",
+         met["gap_stream_ms"]),
+    ]  # fmt: skip
+    print(f"\nEngine benchmark: {args.tokens} greedy tokens, {args.rounds} round(s), median")
+    print(f"{'':<22}{'raw vLLM':>12}{'app path':>12}{'':>16}{'target':>11}  met")
+    for name, r, a, d, t, ok in rows:
+        print(f"{name:<22}{r:>12}{a:>12}{d:>16}{t:>11}  {'yes' if ok else 'NO'}")
+    print(f"vLLM import (in a thread) took {apps[-1]['import_s']:.1f} s of the app's start")
+    print("longest gaps while starting:")
+    for gap in apps[-1]["start_gaps_attributed"]:
+        print(f"  {gap['gap_ms']:>5} ms at {gap['at_s']:>6.2f} s ({gap['phase']})")
+    if attribution:
+        print("profiled run, C calls holding the GIL during each gap:")
+        for gap in attribution:
+            calls = "; ".join(gap["long_c_calls"]) or "(none found: interpreter/imports)"
+            print(f"  {gap['gap_ms']:>5} ms at {gap['at_s']:>6.2f} s ({gap['phase']}): {calls}")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "engine",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "model": "bundled/gemma-3-270m (bf16, CPU)",
+        "prompt": PROMPT,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "raw_runs": raws,
+        "app_runs": apps,
+        "figures": figures,
+        "targets": TARGETS,
+        "met": met,
+        "attribution": attribution,
+    }
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""``gemma-desktop gui`` (the default command): start the desktop app."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    from gemma_desktop.app import add_arguments as app_arguments
+
+    app_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gemma_desktop.app import run_app
+
+    return run_app(no_auto_start=bool(args.no_auto_start))

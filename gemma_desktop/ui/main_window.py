@@ -1,0 +1,415 @@
+"""The main window: chat, hardware check, model and token pages, the engine indicator,
+and the menus (File, Engine, View, Help).
+
+It receives every service it shows (``app.py`` builds them); it builds none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gemma_desktop import APP_NAME, __version__
+from gemma_desktop.core.catalog import VariantCatalog
+from gemma_desktop.core.engine import EngineState, EngineStatus
+from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.probe import ProbeReport
+from gemma_desktop.core.settings import SettingsStore
+from gemma_desktop.core.tokens import TokenStore, validate_token
+from gemma_desktop.ui import theme
+from gemma_desktop.ui.chat_view import ChatPanel
+from gemma_desktop.ui.dialogs import ask
+from gemma_desktop.ui.engine_host import EngineHost
+from gemma_desktop.ui.engine_indicator import EngineIndicator
+from gemma_desktop.ui.probe_panel import ProbeFunction, ProbePanel
+from gemma_desktop.ui.token_panel import SecretSink, TokenPanel, Validator
+from gemma_desktop.ui.variant_picker import CachedCheck, VariantPicker
+
+log = logging.getLogger(__name__)
+
+#: Builds the download panel for a variant (the downloads area owns the widget).
+DownloadPanelFactory = Callable[[str], QWidget]
+
+PAGE_CHAT, PAGE_HARDWARE, PAGE_MODEL, PAGE_TOKEN = range(4)
+
+
+@dataclass
+class WindowServices:
+    """What the main window shows and talks to; built by ``app.py``."""
+
+    host: EngineHost
+    catalog: VariantCatalog
+    settings_store: SettingsStore
+    token_store: TokenStore
+    probe: ProbeFunction
+    is_cached: CachedCheck
+    selected_variant: str
+    token_validator: Validator | None = None
+    on_secret: SecretSink | None = None
+    download_panel_factory: DownloadPanelFactory | None = None
+    log_path: Path | None = None
+    diagnostics: Callable[[], str] | None = None
+
+
+class MainWindow(QMainWindow):
+    """The app's window. Pages: Chat, Hardware check, Model, Hugging Face token.
+
+    Closing it stops the answer and the engine first (asynchronously), then
+    closes for real and emits ``shutdown_finished``.
+
+    Signals:
+        shutdown_finished(): the window closed after stopping the engine.
+    """
+
+    shutdown_finished = Signal()
+
+    def __init__(self, services: WindowServices, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.host = services.host
+        self._closing = False
+        self._closed = False
+        self._download_widget: QWidget | None = None
+        self._tasks: set[asyncio.Future[object]] = set()
+        self.setWindowTitle(APP_NAME)
+        self.setWindowIcon(theme.icon("app"))
+        self.resize(1180, 780)
+        self.setMinimumSize(QSize(760, 520))
+
+        self.indicator = EngineIndicator(self.host, services.catalog)
+        self.indicator.start_requested.connect(self.start_or_restart_engine)
+        self.chat = ChatPanel(self.host)
+        self.probe_panel = ProbePanel(services.probe)
+        self.token_panel = TokenPanel(
+            services.token_store,
+            validator=services.token_validator or validate_token,
+            on_secret=services.on_secret,
+        )
+        self.picker = VariantPicker(
+            services.catalog,
+            services.settings_store,
+            selected=services.selected_variant,
+            is_cached=services.is_cached,
+            confirm=self._confirm_switch,
+        )
+        self.download_area = QFrame()
+        self.download_area.setObjectName("downloadArea")
+        self.download_area.setProperty("role", "card")
+        self.download_layout = QVBoxLayout(self.download_area)
+        self.download_area.setVisible(False)
+
+        model_page = QWidget()
+        model_layout = QVBoxLayout(model_page)
+        model_layout.setContentsMargins(0, 0, 0, 12)
+        model_layout.addWidget(self.picker, 1)
+        download_wrap = QHBoxLayout()
+        download_wrap.setContentsMargins(16, 0, 16, 0)
+        download_wrap.addWidget(self.download_area)
+        model_layout.addLayout(download_wrap)
+
+        self.pages = QStackedWidget()
+        for page in (self.chat, self.probe_panel, model_page, self.token_panel):
+            self.pages.addWidget(page)
+
+        self.navigation = QListWidget()
+        self.navigation.setObjectName("navigation")
+        self.navigation.setAccessibleName("Pages")
+        self.navigation.setIconSize(QSize(20, 20))
+        self.navigation.setFixedWidth(190)
+        self.navigation.setFrameShape(QFrame.Shape.NoFrame)
+        for text, icon_name in (
+            ("Chat", "chat"),
+            ("Hardware check", "hardware"),
+            ("Model", "model"),
+            ("Hugging Face token", "key"),
+        ):
+            item = QListWidgetItem(theme.icon(icon_name), text, self.navigation)
+            item.setSizeHint(QSize(0, 38))
+        self.navigation.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.navigation.setCurrentRow(PAGE_CHAT)
+
+        header = QFrame()
+        header.setObjectName("header")
+        header_layout = QHBoxLayout(header)
+        header_layout.setContentsMargins(14, 8, 14, 8)
+        header_layout.addWidget(self.indicator, 1)
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.setSpacing(0)
+        right_layout.addWidget(header)
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+        line.setFrameShadow(QFrame.Shadow.Plain)
+        line.setStyleSheet(f"color: {theme.colors().border};")
+        right_layout.addWidget(line)
+        right_layout.addWidget(self.pages, 1)
+
+        central = QWidget()
+        central_layout = QHBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        central_layout.addWidget(self.navigation)
+        central_layout.addWidget(right, 1)
+        self.setCentralWidget(central)
+
+        self.notice_label = QLabel("")
+        self.notice_label.setObjectName("notice")
+        self.notice_label.setAccessibleName("Notice")
+        self.statusBar().addWidget(self.notice_label, 1)
+        version = QLabel(f"{APP_NAME} {__version__}")
+        version.setProperty("role", "muted")
+        self.statusBar().addPermanentWidget(version)
+
+        self._build_menus()
+        self.probe_panel.report_changed.connect(self._on_report)
+        self.picker.variant_chosen.connect(self._on_variant_chosen)
+        self.picker.download_requested.connect(self.show_download)
+        self.token_panel.token_changed.connect(lambda: self.probe_panel.rerun())
+        self.host.status_changed.connect(self._on_engine_status)
+        self.setTabOrder(self.navigation, self.chat.composer)
+
+    # --- menus -------------------------------------------------------------------------
+
+    def _action(
+        self,
+        text: str,
+        slot: Callable[[], object],
+        shortcut: str | QKeySequence | QKeySequence.StandardKey | None = None,
+    ) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(lambda _checked=False: slot())
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self.new_chat_action = self._action("&New chat", self.chat.new_chat, "Ctrl+N")
+        file_menu.addAction(self.new_chat_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+
+        engine_menu = bar.addMenu("&Engine")
+        self.start_action = self._action("&Start engine", self.start_or_restart_engine)
+        self.restart_action = self._action("&Restart engine", self.restart_engine)
+        self.stop_action = self._action("S&top engine", self.stop_engine)
+        for action in (self.start_action, self.restart_action, self.stop_action):
+            engine_menu.addAction(action)
+
+        view_menu = bar.addMenu("&View")
+        for row, text in enumerate(("&Chat", "&Hardware check", "&Model", "Hugging Face &token")):
+            view_menu.addAction(
+                self._action(text, functools.partial(self.show_page, row), f"Ctrl+{row + 1}")
+            )
+
+        help_menu = bar.addMenu("&Help")
+        self.open_log_action = self._action("Open &log file", self.open_log)
+        self.copy_diagnostics_action = self._action("&Copy diagnostics", self.copy_diagnostics)
+        help_menu.addAction(self.open_log_action)
+        help_menu.addAction(self.copy_diagnostics_action)
+        help_menu.addSeparator()
+        help_menu.addAction(self._action(f"&About {APP_NAME}", self.about))
+        self._on_engine_status(self.host.status)
+
+    def show_page(self, row: int) -> None:
+        self.navigation.setCurrentRow(row)
+
+    def notify(self, text: str, timeout_ms: int = 0) -> None:
+        """A line in the status bar (``timeout_ms`` 0 keeps it)."""
+        self.notice_label.setText(text)
+        if timeout_ms:
+            self.statusBar().showMessage(text, timeout_ms)
+
+    # --- engine ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[object]) -> asyncio.Future[object]:
+        task: asyncio.Future[object] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def start_or_restart_engine(self) -> None:
+        if self.host.status.state == EngineState.CRASHED:
+            self.restart_engine()
+        else:
+            self.host.schedule(self.host.start())
+
+    def restart_engine(self) -> None:
+        self.chat.stop()
+        self.host.schedule(self.host.restart())
+
+    def stop_engine(self) -> None:
+        self.chat.stop()
+        self.host.schedule(self.host.stop())
+
+    def _on_engine_status(self, status: EngineStatus) -> None:
+        running = status.state in (EngineState.READY, EngineState.GENERATING)
+        starting = status.state == EngineState.STARTING
+        self.start_action.setEnabled(not running and not starting)
+        self.restart_action.setEnabled(running or status.state == EngineState.CRASHED)
+        self.stop_action.setEnabled(running or starting)
+
+    async def _confirm_switch(self, variant_id: str) -> bool:
+        if variant_id == self.host.variant_id:
+            return True  # nothing to restart
+        if not self.host.is_running and self.host.status.state != EngineState.STARTING:
+            return True
+        label = self.services.catalog.get(variant_id).label
+        return await ask(
+            self,
+            "Switch model",
+            f"Restart the engine with {label}?",
+            informative="The running engine stops"
+            + (" and the answer being written is cut off." if self.chat.streaming else ".")
+            + " Loading the new model takes a while.",
+            yes_text="Restart with this model",
+            no_text="Keep the current model",
+        )
+
+    def _on_variant_chosen(self, variant_id: str) -> None:
+        cached = variant_id and (
+            self.services.catalog.get(variant_id).is_bundled or self.services.is_cached(variant_id)
+        )
+        if not cached:
+            self.host.set_variant(variant_id)
+            self.notify("Download the model before starting the engine.")
+            self.show_download(variant_id)
+            return
+        if variant_id == self.host.variant_id and self.host.engine is not None:
+            return
+        if self.host.engine is not None or self.host.is_running:
+            self.chat.stop()
+            self.host.schedule(self.host.switch(variant_id))
+        else:
+            self.host.set_variant(variant_id)
+        self.probe_panel.rerun()
+
+    def show_download(self, variant_id: str) -> None:
+        """Show the download panel for ``variant_id`` on the Model page."""
+        self.show_page(PAGE_MODEL)
+        factory = self.services.download_panel_factory
+        if self._download_widget is not None:
+            running = bool(getattr(self._download_widget, "is_running", False))
+            if not running:
+                self._download_widget.deleteLater()
+                self._download_widget = None
+        if self._download_widget is None:
+            if factory is None:
+                label = QLabel(
+                    "Downloads are not available in this installation: use "
+                    f"<code>gemma-desktop download {variant_id}</code> in a terminal."
+                )
+                label.setWordWrap(True)
+                self._download_widget = label
+            else:
+                self._download_widget = factory(variant_id)
+                finished = getattr(self._download_widget, "finished", None)
+                if finished is not None:
+                    finished.connect(self._on_download_finished)
+            self.download_layout.addWidget(self._download_widget)
+        self.download_area.setVisible(True)
+
+    def _on_download_finished(self, ok: bool) -> None:
+        self.picker.populate()
+        if ok:
+            self.notify("Download finished: start the engine when you are ready.")
+            self.probe_panel.rerun()
+
+    # --- probe -----------------------------------------------------------------------------
+
+    def _on_report(self, report: ProbeReport) -> None:
+        self.picker.set_report(report)
+
+    # --- help ------------------------------------------------------------------------------
+
+    def open_log(self) -> None:
+        path = self.services.log_path
+        if path is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def copy_diagnostics(self) -> None:
+        text = self.services.diagnostics() if self.services.diagnostics else ""
+        QGuiApplication.clipboard().setText(text)
+        self.notify("Diagnostics copied to the clipboard (the token is never included).", 5000)
+
+    def about(self) -> None:
+        box = QMessageBox(self)
+        box.setWindowTitle(f"About {APP_NAME}")
+        box.setIconPixmap(theme.icon("app").pixmap(64, 64))
+        box.setText(f"<b>{APP_NAME}</b> {__version__}")
+        box.setInformativeText(
+            "Run Google's Gemma models on your own workstation through vLLM."
+            + (f"<br/>Log file: {self.services.log_path}" if self.services.log_path else "")
+        )
+        box.open()
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Stop the answer and the engine before the window goes away."""
+        if self._closed:
+            event.accept()
+            return
+        event.ignore()
+        if not self._closing:
+            self._closing = True
+            self.notify("Stopping the engine…")
+            self._spawn(self._shutdown_and_close())
+
+    async def _shutdown_and_close(self) -> None:
+        try:
+            self.chat.stop()
+            task = self.chat.answer_task
+            if task is not None and not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), timeout=5)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    task.cancel()
+            await self.host.shutdown()
+        except GemmaDesktopError:
+            log.warning("the engine did not stop cleanly", exc_info=True)
+        finally:
+            self._closed = True
+            self.close()
+            self.shutdown_finished.emit()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+
+def focus_chain(window: MainWindow) -> list[QWidget]:
+    """The widgets Tab reaches from the navigation, in order (for tests)."""
+    chain: list[QWidget] = []
+    widget: QWidget | None = window.navigation
+    for _ in range(200):
+        if widget is None:
+            break
+        widget = widget.nextInFocusChain()
+        if widget is window.navigation:
+            break
+        if widget is not None and widget.focusPolicy() & Qt.FocusPolicy.TabFocus:
+            chain.append(widget)
+    return chain
