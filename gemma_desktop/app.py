@@ -31,7 +31,6 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -320,6 +319,7 @@ class GemmaDesktopApp:
         self.catalog = VariantCatalog()
         self.gpu_reader = gpu_reader
         self.report: ProbeReport | None = None
+        self.wizard: Any = None
         self._token_task: asyncio.Future[Any] | None = None
         self.download_manager = self._download_manager()
         factory = engine_factory or vllm_engine_factory(self.catalog, lambda: self.report)
@@ -414,6 +414,19 @@ class GemmaDesktopApp:
             )
         await self.host.start()
 
+    async def quiet_startup(self) -> None:
+        """While the setup wizard runs: fill the panels, start nothing."""
+        self._token_task = asyncio.ensure_future(self.window.token_panel.refresh())
+        await self.window.probe_panel.run_probe()
+
+    async def after_setup(self) -> None:
+        """The wizard finished: take over the model it chose (its engine may already run)."""
+        self.settings = self._load_settings()
+        self.window.picker.set_selected(self.settings.model_id.value)
+        if self.host.status.state.value == "not started":
+            self.host.set_variant(self.settings.model_id.value)
+        await self.window.probe_panel.run_probe()
+
     # --- diagnostics ----------------------------------------------------------------------------
 
     def diagnostics(self, trace: str = "") -> str:
@@ -489,6 +502,9 @@ def run_app(*, no_auto_start: bool = False) -> int:
 
     from gemma_desktop.ui import theme
     from gemma_desktop.ui.loop import create_loop
+    from gemma_desktop.ui.single_instance import SingleInstance, raise_window
+    from gemma_desktop.ui.tray import Tray
+    from gemma_desktop.ui.wizard import SetupWizard, needs_wizard
 
     if no_auto_start:
         os.environ["ATOMR_INFER_GEMMA_AUTO"] = "off"
@@ -501,26 +517,76 @@ def run_app(*, no_auto_start: bool = False) -> int:
     theme.apply_theme(qapp)
     theme.follow_system(qapp)
     loop = create_loop(qapp)
-    # Python threads for blocking calls: qasync's default QThread pool aborts
-    # the process if a thread is still running when Qt tears down.
-    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix=APP_ID))
+    # A second launch raises the running window and exits: never two engines.
+    instance = SingleInstance()
+    if not instance.acquire():
+        log.info("%s is already running; asked it to come to the front", APP_NAME)
+        return 0
     app = GemmaDesktopApp(loop=loop)
-    # The app ends when the window has stopped the engine and closed (issue 6's
-    # tray keeps it alive with the window hidden); Qt must not end the loop early.
-    qapp.setQuitOnLastWindowClosed(False)
+    # The tray keeps the app (and its engine) alive with the window closed;
+    # without a tray host it makes closing the window quit. Either way, quitting
+    # goes through Tray.quit, which shuts the engine down first.
+    tray = Tray(
+        app.window,
+        app.host,
+        store=app.settings_store,
+        is_streaming=lambda: (t := app.window.chat.answer_task) is not None and not t.done(),
+    ).install()
+    tray.new_chat_requested.connect(app.window.chat.new_chat)
+    app.window.quit_requested.connect(tray.request_quit)
+    instance.activated.connect(lambda: raise_window(app.window))
     quitting = asyncio.Event()
     app.window.shutdown_finished.connect(quitting.set)
     qapp.aboutToQuit.connect(quitting.set)
 
-    # Let Ctrl+C in a terminal close the window cleanly (Python only sees
-    # signals while it runs, hence the idle timer).
-    signal.signal(signal.SIGINT, lambda *_: app.window.close())
+    # Let Ctrl+C in a terminal quit cleanly (Python only sees signals while it
+    # runs, hence the idle timer).
+    signal.signal(signal.SIGINT, lambda *_: tray.request_quit())
     heartbeat = QTimer()
     heartbeat.start(250)
     heartbeat.timeout.connect(lambda: None)
 
-    app.window.show()
-    startup = asyncio.ensure_future(app.startup(), loop=loop)
+    tasks: set[asyncio.Future[Any]] = set()
+
+    def open_wizard() -> None:
+        wizard = SetupWizard(
+            host=app.host,
+            store=app.settings_store,
+            token_store=app.token_store,
+            download_manager=app.download_manager,
+            catalog=app.catalog,
+            probe=lambda settings, variant_id: run_probe(
+                settings,
+                variant_id=variant_id,
+                gpu_reader=app.gpu_reader,
+                token_store=app.token_store,
+            ),
+        )
+
+        def done(completed: bool) -> None:
+            if completed:
+                app.window.show()
+                task = asyncio.ensure_future(app.after_setup(), loop=loop)
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif not app.window.isVisible():
+                tray.request_quit()
+
+        wizard.finished.connect(done)
+        wizard.show()
+        app.wizard = wizard
+
+    def rerun_setup() -> None:
+        app.settings_store.update(setup_wizard=None)
+        open_wizard()
+
+    app.window.setup_requested.connect(rerun_setup)
+    if needs_wizard(app.settings):
+        open_wizard()
+        startup: asyncio.Future[None] = asyncio.ensure_future(app.quiet_startup(), loop=loop)
+    else:
+        app.window.show()
+        startup = asyncio.ensure_future(app.startup(), loop=loop)
     try:
         with loop:
             loop.run_until_complete(quitting.wait())
@@ -528,6 +594,7 @@ def run_app(*, no_auto_start: bool = False) -> int:
                 startup.cancel()
             loop.run_until_complete(app.shutdown())
     finally:
+        instance.release()
         log.info("%s stopped", APP_NAME)
         app.close()
     return 0

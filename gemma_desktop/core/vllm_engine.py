@@ -290,7 +290,7 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.engine.async_llm_engine import AsyncLLMEngine
 
-        _defer_tokenizer_pool_copies()
+        _cheapen_tokenizer_copies()
         args = AsyncEngineArgs(**self.config.to_engine_args_kwargs())
         return AsyncLLMEngine.from_engine_args(args)
 
@@ -528,55 +528,64 @@ class VllmEngine:
         await llm.abort(request_id)
 
 
-def _defer_tokenizer_pool_copies() -> None:
-    """Keep vLLM's renderer from deep-copying the tokenizer while the engine starts.
+def _cheapen_tokenizer_copies() -> None:
+    """Stop vLLM from rebuilding the tokenizer each time it copies it while starting.
 
-    vLLM 0.32's ``HfRenderer`` deep-copies the tokenizer into a pool for its
-    worker threads while the engine is built: each copy holds the GIL for
-    1.5-3.5 s with Gemma's 262k-token vocabulary (measured), freezing the
-    window. Here the pool starts with one member that shares the original's
-    backend (a shallow copy, free). vLLM's pool still hands each member to one
-    borrower at a time and deep-copies on demand when a second borrower comes
-    at the same moment; the app sends token ids, so the renderer rarely needs
-    the tokenizer at all.
+    Measured with vLLM 0.32 and Gemma's 262k-token vocabulary, each of these
+    holds the GIL (so freezes the window) while the engine is built:
+
+    * ``copy.copy`` of vLLM's cached tokenizer goes through its ``__reduce__``,
+      which recomputes the vocabulary caches (0.7-1.5 s); the renderer and its
+      pool make such copies. A plain attribute copy gives the same object.
+    * ``HfRenderer`` deep-copies the tokenizer into a pool for its worker
+      threads (1.5-3.5 s per copy, twice). Here the pool starts with one member
+      that shares the backend; vLLM's pool still hands each member to one
+      borrower at a time and deep-copies on demand when a second borrower
+      comes at the same moment. The app sends token ids, so the renderer
+      rarely needs the tokenizer at all.
     """
     try:
         import vllm.renderers.hf as hf_renderer
+        import vllm.tokenizers.hf as hf_tokenizers
     except ImportError:  # another vLLM layout: nothing to change
         return
+    cached = getattr(hf_tokenizers, "get_cached_tokenizer", None)
+    if cached is not None and not getattr(cached, "_cheap_copy", False):
+
+        def get_cached_tokenizer(tokenizer: Any) -> Any:
+            result = cached(tokenizer)
+            type(result).__copy__ = _shallow_copy
+            return result
+
+        get_cached_tokenizer._cheap_copy = True  # type: ignore[attr-defined]
+        setattr(hf_tokenizers, "get_cached_tokenizer", get_cached_tokenizer)  # noqa: B010
+
     original = getattr(hf_renderer, "maybe_make_thread_pool", None)
-    if original is None or getattr(original, "_shallow_first_copy", False):
+    if original is None or getattr(original, "_cheap_copy", False):
         return
 
-    def shallow_first_copy(tokenizer: Any, copies: int = 1) -> Any:
+    def maybe_make_thread_pool(tokenizer: Any, copies: int = 1) -> Any:
         cls = type(tokenizer)
-        added = _add_shallow_deepcopy(cls)
+        if "__deepcopy__" in cls.__dict__:
+            return original(tokenizer, copies)
+        cls.__deepcopy__ = _shallow_deepcopy
         try:
             return original(tokenizer, 1)
         finally:
-            if added:
-                del cls.__deepcopy__
+            del cls.__deepcopy__
 
-    shallow_first_copy._shallow_first_copy = True  # type: ignore[attr-defined]
-    setattr(hf_renderer, "maybe_make_thread_pool", shallow_first_copy)  # noqa: B010
+    maybe_make_thread_pool._cheap_copy = True  # type: ignore[attr-defined]
+    setattr(hf_renderer, "maybe_make_thread_pool", maybe_make_thread_pool)  # noqa: B010
 
 
-def _add_shallow_deepcopy(cls: type) -> bool:
-    """Make ``deepcopy`` of ``cls`` instances shallow until removed; False if it has its own.
+def _shallow_copy(self: Any) -> Any:
+    clone = object.__new__(type(self))
+    clone.__dict__.update(self.__dict__)
+    return clone
 
-    vLLM builds a new tokenizer class per tokenizer, so this touches only it,
-    and only while the pool is being filled.
-    """
-    import copy
 
-    if "__deepcopy__" in cls.__dict__:
-        return False
-
-    def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
-        return copy.copy(self)
-
-    cls.__deepcopy__ = __deepcopy__  # type: ignore[attr-defined]
-    return True
+def _shallow_deepcopy(self: Any, memo: dict[int, Any]) -> Any:
+    return _shallow_copy(self)
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from PySide6.QtCore import QMimeData, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QEvent, QMimeData, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
     QDesktopServices,
@@ -117,6 +117,10 @@ class TranscriptView(QTextBrowser):
             | Qt.TextInteractionFlag.TextSelectableByKeyboard
         )
         self.document().setDocumentMargin(16)
+        self.setPlaceholderText(
+            "Start the engine at the top of the window, then type a message below. "
+            "Enter sends, Shift+Enter adds a line, Escape stops an answer."
+        )
         self.anchorClicked.connect(self._on_anchor)
         self._renderer = MarkdownRenderer()
         self._messages: list[_Message] = []
@@ -143,6 +147,12 @@ class TranscriptView(QTextBrowser):
             f"pre {{ font-family: '{mono}'; margin: 0; }} code {{ font-family: '{mono}'; }}"
             f"a {{ color: {c.accent}; }} h1, h2, h3 {{ margin-top: 10px; }}"
         )
+
+    def changeEvent(self, event: QEvent) -> None:
+        # The desktop switched between light and dark: new text uses the new colours.
+        if event.type() == QEvent.Type.PaletteChange:
+            self.apply_colors()
+        super().changeEvent(event)
 
     # --- structure ---------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import qasync
@@ -23,7 +23,7 @@ T = TypeVar("T")
 class AppEventLoop(qasync.QEventLoop):  # type: ignore[misc]
     """A ``qasync.QEventLoop`` whose ``run_in_executor`` takes asyncio's parameter names."""
 
-    def run_in_executor(  # type: ignore[override]
+    def run_in_executor(
         self,
         executor: Executor | None,
         func: Callable[..., T],
@@ -35,5 +35,8 @@ class AppEventLoop(qasync.QEventLoop):  # type: ignore[misc]
 def create_loop(app: QApplication, *, already_running: bool = False) -> AppEventLoop:
     """Create the app's loop and make it the current asyncio loop."""
     loop = AppEventLoop(app, already_running=already_running)
+    # Plain Python threads for blocking calls: qasync's default pool of
+    # QThreads aborts the process if one still runs when Qt tears down.
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="gemma-desktop"))
     asyncio.set_event_loop(loop)
     return loop

@@ -143,6 +143,7 @@ class VariantPicker(QWidget):
         """Show ``variant_id`` as the model in use (without saving it)."""
         self._selected = variant_id
         self.populate()
+        self.select(variant_id)
 
     def set_report(self, report: ProbeReport) -> None:
         self.report = report

@@ -23,10 +23,13 @@ def python_threads_for_executor(qloop: asyncio.AbstractEventLoop) -> Iterator[No
     ("QThread: Destroyed while thread is still running"). The app does the same
     in :func:`gemma_desktop.app.run_app`.
     """
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ui-tests")
-    qloop.set_default_executor(pool)
+    previous = getattr(qloop, "_QEventLoop__default_executor", None)
+    if previous is not None and not isinstance(previous, ThreadPoolExecutor):
+        previous.shutdown(wait=True)  # a QThread pool an earlier test created
+    # Left running at teardown: session fixtures torn down later (the shared
+    # engine's shutdown) still use it; Python joins its idle threads at exit.
+    qloop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="ui-tests"))
     yield
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 @pytest.fixture
