@@ -322,6 +322,7 @@ class GemmaDesktopApp:
         self.wizard: Any = None
         self._token_task: asyncio.Future[Any] | None = None
         self.download_manager = self._download_manager()
+        self.history = self._open_history()
         factory = engine_factory or vllm_engine_factory(self.catalog, lambda: self.report)
         self.host = EngineHost(factory, self.settings.model_id.value)
         self.window = MainWindow(
@@ -338,6 +339,7 @@ class GemmaDesktopApp:
                 download_panel_factory=self._download_panel if self.download_manager else None,
                 log_path=self.log_path,
                 diagnostics=lambda: self.diagnostics(""),
+                history=self.history,
             )
         )
         self.window.probe_panel.report_changed.connect(self._remember_report)
@@ -354,6 +356,16 @@ class GemmaDesktopApp:
             env = dict(self.env if self.env is not None else os.environ)
             env.pop(ENV_MODEL, None)
             return load_settings(env, SettingsStore(self.state_dir / "no-saved-settings.json"))
+
+    def _open_history(self) -> Any:
+        from gemma_desktop.core.history import AsyncHistory, HistoryError, HistoryStore
+
+        try:
+            return AsyncHistory(HistoryStore())
+        except HistoryError as exc:
+            # A damaged file or a newer schema: chat still works, unrecorded.
+            log.error("history unavailable: %s", exc)
+            return None
 
     def _download_manager(self) -> Any:
         try:
@@ -454,6 +466,8 @@ class GemmaDesktopApp:
 
     async def shutdown(self) -> None:
         await self.host.shutdown()
+        if self.history is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.history.close)
 
     def close(self) -> None:
         """Detach logging and the crash handler (the window is closed separately)."""

@@ -14,19 +14,27 @@ last message, New chat, system prompt, sampling controls and live figures.
 
 Signals (ChatPanel):
     answer_finished(ResponseStats): an answer ended (any finish reason).
+
+:class:`ConversationRecorder` writes the chat into the conversation history
+(:class:`~gemma_desktop.core.history.AsyncHistory`) as it happens, off the UI
+thread; a panel built without a history records nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from PySide6.QtCore import QEvent, QMimeData, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QEvent, QMimeData, QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
     QDesktopServices,
@@ -65,6 +73,15 @@ from gemma_desktop.core.engine import (
     SamplingOptions,
     StreamEnd,
     TextDelta,
+)
+from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.history import (
+    AnswerWriter,
+    AsyncHistory,
+    Conversation,
+    Message,
+    MessageStatus,
+    title_from_prompt,
 )
 from gemma_desktop.ui import theme
 from gemma_desktop.ui.engine_host import EngineHost
@@ -429,6 +446,249 @@ class Composer(QPlainTextEdit):
             super().insertFromMimeData(source)
 
 
+@dataclass
+class _Ref:
+    """A message's id in the history, known once its write has run."""
+
+    id: int | None = None
+
+
+@dataclass
+class _Record:
+    """The conversation being recorded (its id is known once it is created)."""
+
+    id: int | None = None
+    system_prompt: str | None = None
+
+
+@dataclass
+class _Answer:
+    """The answer streaming into the history."""
+
+    record: _Record
+    refs: list[_Ref]
+    parts: list[str] = field(default_factory=list)
+    writer: AnswerWriter | None = None
+    flushing: bool = False
+    last_check: float = 0.0
+
+
+class ConversationRecorder(QObject):
+    """Writes the chat into the conversation history as it happens.
+
+    Every write runs on the history's worker thread, queued behind the one
+    before it, so a message is written after the conversation it belongs to
+    and before the next; the UI thread only buffers text. Ids the database
+    hands out (conversation, messages) are filled in when their write runs, so
+    later writes (Regenerate deletes the old answer) find them.
+
+    Signals:
+        changed(): a conversation was created, or a message written or removed.
+        failed(str): a write failed (reason and hint, for the chat's status line).
+    """
+
+    changed = Signal()
+    failed = Signal(str)
+
+    def __init__(self, history: AsyncHistory, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.history = history
+        self._record = _Record()
+        self._refs: list[_Ref] = []  # one per ChatPanel.conversation entry
+        self._answer: _Answer | None = None
+        self._last: asyncio.Future[None] | None = None
+
+    @property
+    def conversation_id(self) -> int | None:
+        """The recorded conversation (``None`` before its first message is written)."""
+        return self._record.id
+
+    @property
+    def message_ids(self) -> list[int | None]:
+        return [ref.id for ref in self._refs]
+
+    async def idle(self) -> None:
+        """Wait until every queued write has run."""
+        while self._last is not None and not self._last.done():
+            await asyncio.wait([self._last])
+
+    def _queue(self, op: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        previous = self._last
+
+        async def run() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            try:
+                await op()
+            except GemmaDesktopError as exc:
+                log.warning("history: %s", exc.reason)
+                self.failed.emit(f"History: {exc.reason} {exc.hint}".strip())
+            except Exception:
+                log.exception("writing the conversation history failed")
+                self.failed.emit("History: the conversation could not be saved (see the log).")
+
+        task = asyncio.ensure_future(run())
+        self._last = task
+        return task
+
+    # --- what the chat does ------------------------------------------------------------
+
+    def start_new(self) -> None:
+        """The next message starts a new conversation."""
+        self._record = _Record()
+        self._refs = []
+
+    def add_user(self, text: str, *, model_id: str | None, system_prompt: str | None) -> None:
+        """A user message; the first one creates the conversation, titled after it."""
+        record, ref, store = self._record, _Ref(), self.history.store
+        self._refs.append(ref)
+
+        async def op() -> None:
+            if record.id is None:
+                created = await self.history.call(
+                    functools.partial(
+                        store.create_conversation,
+                        title_from_prompt(text),
+                        model_id=model_id,
+                        system_prompt=system_prompt,
+                    )
+                )
+                record.id = created.id
+                record.system_prompt = system_prompt
+            elif system_prompt != record.system_prompt:
+                await self.history.call(store.set_system_prompt, record.id, system_prompt)
+                record.system_prompt = system_prompt
+            message = await self.history.call(store.add_message, record.id, "user", text)
+            ref.id = message.id
+            self.changed.emit()
+
+        self._queue(op)
+
+    def begin_answer(self, *, model_id: str | None) -> None:
+        """An answer starts streaming: it is written as ``streaming`` right away."""
+        answer = _Answer(self._record, self._refs, last_check=time.monotonic())
+        self._answer = answer
+        store = self.history.store
+
+        async def op() -> None:
+            if answer.record.id is None:
+                return  # the conversation could not be created (already reported)
+            writer = await self.history.call(
+                functools.partial(store.begin_answer, answer.record.id, model_id=model_id)
+            )
+            writer.append("".join(answer.parts))
+            answer.writer = writer
+
+        self._queue(op)
+
+    def append(self, text: str) -> None:
+        """Answer text (on the UI thread: buffers, and queues a flush about once a second)."""
+        answer = self._answer
+        if answer is None:
+            return
+        answer.parts.append(text)
+        writer = answer.writer
+        if writer is None:
+            return
+        writer.append(text)
+        now = time.monotonic()
+        # flush_due() adds up the buffered text: ask it once per interval, not per token.
+        if answer.flushing or now - answer.last_check < writer.flush_interval_s:
+            return
+        answer.last_check = now
+        if writer.flush_due():
+            answer.flushing = True
+
+            async def op() -> None:
+                try:
+                    await self.history.call(writer.flush)
+                finally:
+                    answer.flushing = False
+
+            self._queue(op)
+
+    def end_answer(self, status: MessageStatus, stats: dict[str, Any] | None) -> None:
+        """The answer ended; an answer without text is removed instead of kept."""
+        answer, self._answer = self._answer, None
+        if answer is None:
+            return
+        keep = bool("".join(answer.parts))
+        ref = _Ref()
+        if keep:
+            answer.refs.append(ref)
+        store = self.history.store
+
+        async def op() -> None:
+            writer = answer.writer
+            if writer is None:
+                return
+            if keep:
+                await self.history.call(writer.finish, status, stats)
+                ref.id = writer.message_id
+            else:
+                await self.history.call(
+                    store.delete_messages_from, writer.conversation_id, writer.message_id
+                )
+            self.changed.emit()
+
+        self._queue(op)
+
+    def truncate(self, index: int, *, drop_if_empty: bool = False) -> None:
+        """Remove the messages from ``index`` on (Regenerate, Edit last).
+
+        With ``drop_if_empty`` a conversation left without messages is deleted too.
+        """
+        removed = self._refs[index:]
+        del self._refs[index:]
+        if not removed:
+            return
+        record, store = self._record, self.history.store
+
+        async def op() -> None:
+            ids = [ref.id for ref in removed if ref.id is not None]
+            if record.id is None:
+                return
+            if ids:
+                await self.history.call(store.delete_messages_from, record.id, min(ids))
+            if drop_if_empty:
+                left = await self.history.call(store.conversation, record.id)
+                if left.message_count == 0:
+                    await self.history.call(store.delete_conversation, record.id)
+                    record.id = None
+            self.changed.emit()
+
+        self._queue(op)
+
+    async def open(self, conversation_id: int) -> tuple[Conversation, list[Message]]:
+        """Continue ``conversation_id``: returns it and the messages the chat shows."""
+        await self.idle()
+        store = self.history.store
+        conversation = await self.history.call(store.conversation, conversation_id)
+        messages = [
+            m
+            for m in await self.history.call(store.messages, conversation_id)
+            if m.role == "user" or (m.role == "assistant" and m.content.strip())
+        ]
+        self._record = _Record(conversation.id, conversation.system_prompt)
+        self._refs = [_Ref(m.id) for m in messages]
+        return conversation, messages
+
+
+_STATUS_NOTES = {
+    "stopped": "Stopped.",
+    "error": "The answer failed.",
+    "interrupted": "Interrupted: the app stopped while this answer was written.",
+}
+
+
+def _stats_dict(stats: ResponseStats | None) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    figures = dataclasses.asdict(stats)
+    figures["tokens_per_second"] = round(stats.tokens_per_second, 2)
+    return figures
+
+
 def _icon_button(text: str, icon_name: str, accessible: str, tip: str) -> QPushButton:
     button = QPushButton(theme.icon(icon_name), text)
     button.setAccessibleName(accessible)
@@ -455,13 +715,24 @@ def format_stats(stats: ResponseStats) -> str:
 
 
 class ChatPanel(QWidget):
-    """Transcript, composer, answer controls and settings, talking to the host's engine."""
+    """Transcript, composer, answer controls and settings, talking to the host's engine.
+
+    With a ``history`` every conversation is recorded (:attr:`recorder`) and
+    :meth:`open_conversation` continues one from the history.
+    """
 
     answer_finished = Signal(object)
 
-    def __init__(self, host: EngineHost, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        host: EngineHost,
+        parent: QWidget | None = None,
+        *,
+        history: AsyncHistory | None = None,
+    ) -> None:
         super().__init__(parent)
         self._host = host
+        self.recorder = ConversationRecorder(history, self) if history is not None else None
         self.conversation: list[ChatMessage] = []
         self._task: asyncio.Future[None] | None = None
         self._streaming = False
@@ -603,6 +874,8 @@ class ChatPanel(QWidget):
         self.new_button.clicked.connect(self.new_chat)
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
         host.status_changed.connect(self._on_status)
+        if self.recorder is not None:
+            self.recorder.failed.connect(self.show_message)
         self._update_controls()
 
     # --- state ---------------------------------------------------------------------
@@ -668,6 +941,9 @@ class ChatPanel(QWidget):
         self.composer.clear()
         self.conversation.append(ChatMessage("user", text))
         self.transcript.add_user_message(text)
+        if self.recorder is not None:
+            system = self.system_prompt.toPlainText().strip() or None
+            self.recorder.add_user(text, model_id=self._host.variant_id, system_prompt=system)
         self._start_answer()
 
     def stop(self) -> None:
@@ -686,6 +962,8 @@ class ChatPanel(QWidget):
             return
         if self.conversation[-1].role == "assistant":
             self.conversation.pop()
+            if self.recorder is not None:
+                self.recorder.truncate(len(self.conversation))
         while self.transcript.message_count and self.transcript.last_role != "user":
             self.transcript.remove_last_message()
         self._start_answer()
@@ -698,6 +976,8 @@ class ChatPanel(QWidget):
             if self.conversation[index].role == "user":
                 text = self.conversation[index].content
                 del self.conversation[index:]
+                if self.recorder is not None:
+                    self.recorder.truncate(index)
                 while self.transcript.message_count:
                     if self.transcript.remove_last_message() == "user":
                         break
@@ -711,11 +991,49 @@ class ChatPanel(QWidget):
         if self._task is not None and not self._task.done():
             self.stop()
             self._task.cancel()
-        self.conversation.clear()
+        # A new list: the stopped answer's task still ends into the old one.
+        self.conversation = []
+        if self.recorder is not None:
+            self.recorder.start_new()
         self.transcript.clear_transcript()
         self.stats_label.clear()
         self.show_message("")
         self._update_controls()
+
+    async def open_conversation(self, conversation_id: int) -> bool:
+        """Show a conversation from the history and continue it; ``False`` if not now."""
+        if self.recorder is None:
+            return False
+        if self.streaming:
+            self.show_message("An answer is still streaming: stop it (Escape) first.")
+            return False
+        try:
+            conversation, messages = await self.recorder.open(conversation_id)
+        except GemmaDesktopError as exc:
+            self.show_message(f"{exc.reason} {exc.hint}".strip())
+            return False
+        if self.streaming:  # an answer started while the history was read
+            self.recorder.start_new()
+            return False
+        self.conversation = [ChatMessage(m.role, m.content) for m in messages]
+        self.transcript.clear_transcript()
+        for message in messages:
+            if message.role == "user":
+                self.transcript.add_user_message(message.content)
+            else:
+                self.transcript.add_assistant_message(message.content)
+                if message.status not in ("complete", "streaming"):
+                    self.transcript.add_notice(_STATUS_NOTES.get(message.status, message.status))
+        self.system_prompt.setPlainText(conversation.system_prompt or "")
+        self.stats_label.clear()
+        self.show_message("")
+        self._update_controls()
+        return True
+
+    def forget_conversation(self, conversation_id: int) -> None:
+        """``conversation_id`` was deleted from the history: stop recording into it."""
+        if self.recorder is not None and self.recorder.conversation_id == conversation_id:
+            self.new_chat()
 
     def _start_answer(self) -> None:
         self.show_message("")
@@ -732,6 +1050,11 @@ class ChatPanel(QWidget):
             return
         rid = f"chat-{uuid.uuid4().hex[:16]}"
         self._request_id = rid
+        conversation = self.conversation
+        recorder = self.recorder
+        outcome: MessageStatus = "complete"
+        if recorder is not None:
+            recorder.begin_answer(model_id=engine.model_id)
         self._live = ResponseStats(request_id=rid)
         self._began = time.perf_counter()
         self.transcript.begin_answer()
@@ -747,6 +1070,8 @@ class ChatPanel(QWidget):
                     self._live.completion_tokens += item.token_count
                     parts.append(item.text)
                     self.transcript.append_delta(item.text)
+                    if recorder is not None:
+                        recorder.append(item.text)
                 elif isinstance(item, StreamEnd):
                     stats = item.stats
         except PromptTooLongError as exc:
@@ -754,9 +1079,11 @@ class ChatPanel(QWidget):
             return
         except EngineError as exc:
             footer = "The answer failed."
+            outcome = "error"
             self.show_message(f"{exc.reason} {exc.hint}".strip())
         except asyncio.CancelledError:
             footer = "Stopped."
+            outcome = "stopped"
             raise
         finally:
             self._streaming = False
@@ -769,7 +1096,13 @@ class ChatPanel(QWidget):
             self.transcript.end_answer(footer)
             text = "".join(parts)
             if text:
-                self.conversation.append(ChatMessage("assistant", text))
+                conversation.append(ChatMessage("assistant", text))
+            if recorder is not None:
+                if stats is not None and stats.finish_reason == "abort":
+                    outcome = "stopped"
+                elif stats is not None and (stats.finish_reason == "error" or stats.error):
+                    outcome = "error"
+                recorder.end_answer(outcome, _stats_dict(stats))
             self.last_stats = stats
             if stats is not None:
                 self.stats_label.setText(format_stats(stats))
@@ -781,6 +1114,8 @@ class ChatPanel(QWidget):
         self.transcript.remove_last_message()  # the empty answer
         if self.conversation and self.conversation[-1].role == "user":
             text = self.conversation.pop().content
+            if self.recorder is not None:
+                self.recorder.truncate(len(self.conversation), drop_if_empty=True)
             self.transcript.remove_last_message()
             if not self.composer.toPlainText():
                 self.composer.setPlainText(text)

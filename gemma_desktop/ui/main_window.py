@@ -1,5 +1,5 @@
-"""The main window: chat, hardware check, model and token pages, the engine indicator,
-and the menus (File, Engine, View, Help).
+"""The main window: chat, hardware check, model, token and history pages, the engine
+indicator, and the menus (File, Engine, View, Help).
 
 It receives every service it shows (``app.py`` builds them); it builds none.
 """
@@ -32,6 +32,7 @@ from gemma_desktop import APP_NAME, __version__
 from gemma_desktop.core.catalog import VariantCatalog
 from gemma_desktop.core.engine import EngineState, EngineStatus
 from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.history import AsyncHistory
 from gemma_desktop.core.probe import ProbeReport
 from gemma_desktop.core.settings import SettingsStore
 from gemma_desktop.core.tokens import TokenStore, validate_token
@@ -40,6 +41,7 @@ from gemma_desktop.ui.chat_view import ChatPanel
 from gemma_desktop.ui.dialogs import ask
 from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.engine_indicator import EngineIndicator
+from gemma_desktop.ui.history_panel import HistoryPanel
 from gemma_desktop.ui.probe_panel import ProbeFunction, ProbePanel
 from gemma_desktop.ui.token_panel import SecretSink, TokenPanel, Validator
 from gemma_desktop.ui.variant_picker import CachedCheck, VariantPicker
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 #: Builds the download panel for a variant (the downloads area owns the widget).
 DownloadPanelFactory = Callable[[str], QWidget]
 
-PAGE_CHAT, PAGE_HARDWARE, PAGE_MODEL, PAGE_TOKEN = range(4)
+PAGE_CHAT, PAGE_HARDWARE, PAGE_MODEL, PAGE_TOKEN, PAGE_HISTORY = range(5)
 
 
 @dataclass
@@ -68,19 +70,25 @@ class WindowServices:
     download_panel_factory: DownloadPanelFactory | None = None
     log_path: Path | None = None
     diagnostics: Callable[[], str] | None = None
+    #: The conversation history; ``None`` records nothing (the History page says so).
+    history: AsyncHistory | None = None
 
 
 class MainWindow(QMainWindow):
-    """The app's window. Pages: Chat, Hardware check, Model, Hugging Face token.
+    """The app's window. Pages: Chat, Hardware check, Model, Hugging Face token, History.
 
     Closing it stops the answer and the engine first (asynchronously), then
     closes for real and emits ``shutdown_finished``.
 
     Signals:
         shutdown_finished(): the window closed after stopping the engine.
+        quit_requested(): File → Quit; ``app.py`` quits the whole app (tray included).
+        setup_requested(): Help → Run setup again; ``app.py`` shows the setup wizard.
     """
 
     shutdown_finished = Signal()
+    quit_requested = Signal()
+    setup_requested = Signal()
 
     def __init__(self, services: WindowServices, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -97,7 +105,8 @@ class MainWindow(QMainWindow):
 
         self.indicator = EngineIndicator(self.host, services.catalog)
         self.indicator.start_requested.connect(self.start_or_restart_engine)
-        self.chat = ChatPanel(self.host)
+        self.chat = ChatPanel(self.host, history=services.history)
+        self.history_panel = HistoryPanel(services.history)
         self.probe_panel = ProbePanel(services.probe)
         self.token_panel = TokenPanel(
             services.token_store,
@@ -127,7 +136,7 @@ class MainWindow(QMainWindow):
         model_layout.addLayout(download_wrap)
 
         self.pages = QStackedWidget()
-        for page in (self.chat, self.probe_panel, model_page, self.token_panel):
+        for page in (self.chat, self.probe_panel, model_page, self.token_panel, self.history_panel):
             self.pages.addWidget(page)
 
         self.navigation = QListWidget()
@@ -141,6 +150,7 @@ class MainWindow(QMainWindow):
             ("Hardware check", "hardware"),
             ("Model", "model"),
             ("Hugging Face token", "key"),
+            ("History", "history"),
         ):
             item = QListWidgetItem(theme.icon(icon_name), text, self.navigation)
             item.setSizeHint(QSize(0, 38))
@@ -187,6 +197,10 @@ class MainWindow(QMainWindow):
         self.picker.download_requested.connect(self.show_download)
         self.token_panel.token_changed.connect(lambda: self.probe_panel.rerun())
         self.host.status_changed.connect(self._on_engine_status)
+        self.history_panel.open_requested.connect(self.open_conversation)
+        self.history_panel.conversation_deleted.connect(self.chat.forget_conversation)
+        if self.chat.recorder is not None:
+            self.chat.recorder.changed.connect(self._on_history_changed)
         self.setTabOrder(self.navigation, self.chat.composer)
 
     # --- menus -------------------------------------------------------------------------
@@ -209,7 +223,10 @@ class MainWindow(QMainWindow):
         self.new_chat_action = self._action("&New chat", self.chat.new_chat, "Ctrl+N")
         file_menu.addAction(self.new_chat_action)
         file_menu.addSeparator()
-        file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+        self.quit_action = self._action(
+            "&Quit", self.quit_requested.emit, QKeySequence.StandardKey.Quit
+        )
+        file_menu.addAction(self.quit_action)
 
         engine_menu = bar.addMenu("&Engine")
         self.start_action = self._action("&Start engine", self.start_or_restart_engine)
@@ -219,7 +236,8 @@ class MainWindow(QMainWindow):
             engine_menu.addAction(action)
 
         view_menu = bar.addMenu("&View")
-        for row, text in enumerate(("&Chat", "&Hardware check", "&Model", "Hugging Face &token")):
+        pages = ("&Chat", "&Hardware check", "&Model", "Hugging Face &token", "Hi&story")
+        for row, text in enumerate(pages):
             view_menu.addAction(
                 self._action(text, functools.partial(self.show_page, row), f"Ctrl+{row + 1}")
             )
@@ -229,6 +247,8 @@ class MainWindow(QMainWindow):
         self.copy_diagnostics_action = self._action("&Copy diagnostics", self.copy_diagnostics)
         help_menu.addAction(self.open_log_action)
         help_menu.addAction(self.copy_diagnostics_action)
+        self.setup_action = self._action("Run &setup again…", self.setup_requested.emit)
+        help_menu.addAction(self.setup_action)
         help_menu.addSeparator()
         help_menu.addAction(self._action(f"&About {APP_NAME}", self.about))
         self._on_engine_status(self.host.status)
@@ -336,6 +356,21 @@ class MainWindow(QMainWindow):
         if ok:
             self.notify("Download finished: start the engine when you are ready.")
             self.probe_panel.rerun()
+
+    # --- history ---------------------------------------------------------------------------
+
+    def open_conversation(self, conversation_id: int) -> asyncio.Future[object]:
+        """Show a conversation from the history in the chat, to read and continue."""
+        return self._spawn(self._open_conversation(conversation_id))
+
+    async def _open_conversation(self, conversation_id: int) -> None:
+        if await self.chat.open_conversation(conversation_id):
+            self.show_page(PAGE_CHAT)
+            self.chat.composer.setFocus()
+
+    def _on_history_changed(self) -> None:
+        if self.pages.currentWidget() is self.history_panel:
+            self.history_panel.refresh()
 
     # --- probe -----------------------------------------------------------------------------
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from gemma_desktop.core.vllm_engine import _in_thread
 
 
-def test_result_and_errors_come_back_to_the_loop() -> None:
+def test_result_and_errors_come_back_to_the_loop(arun: Callable[..., Any]) -> None:
     async def run() -> str:
         return await _in_thread(lambda: threading.current_thread().name, on_abandoned=print)
 
-    assert asyncio.run(run()) == "vllm-engine-start"
+    assert arun(run()) == "vllm-engine-start"
 
     def boom() -> None:
         raise ValueError("bad config")
@@ -24,10 +26,10 @@ def test_result_and_errors_come_back_to_the_loop() -> None:
         await _in_thread(boom, on_abandoned=print)
 
     with pytest.raises(ValueError, match="bad config"):
-        asyncio.run(fail())
+        arun(fail())
 
 
-def test_cancelled_start_hands_the_late_result_to_on_abandoned() -> None:
+def test_cancelled_start_hands_the_late_result_to_on_abandoned(arun: Callable[..., Any]) -> None:
     abandoned: list[str] = []
     done = threading.Event()
 
@@ -46,6 +48,6 @@ def test_cancelled_start_hands_the_late_result_to_on_abandoned() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(run())
+    arun(run())
     assert done.wait(5)
     assert abandoned == ["engine"]
