@@ -229,9 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("GEMMA_DESKTOP_MODELS_DIR", str(REPO / "build" / "models"))
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-    from gemma_desktop.ui import qtcompat
-
-    qtcompat.keep_none_alive()
     from PySide6.QtWidgets import QApplication
 
     from gemma_desktop.app import GemmaDesktopApp

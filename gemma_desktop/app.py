@@ -508,9 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_app(*, no_auto_start: bool = False) -> int:
-    from gemma_desktop.ui import qtcompat
 
-    qtcompat.keep_none_alive()
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 

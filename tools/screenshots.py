@@ -74,10 +74,9 @@ class Shooter:
     def __init__(self, out: Path) -> None:
         from PySide6.QtWidgets import QApplication
 
-        from gemma_desktop.ui import qtcompat, theme
+        from gemma_desktop.ui import theme
         from gemma_desktop.ui.loop import create_loop
 
-        qtcompat.keep_none_alive()
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         self.qapp = QApplication.instance() or QApplication([sys.argv[0]])

@@ -16,10 +16,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
-from gemma_desktop.ui import qtcompat
-
-qtcompat.keep_none_alive()
-
 #: ``resources/icons`` beside the package (source checkout and editable installs).
 ICONS_DIR = Path(__file__).resolve().parent.parent.parent / "resources" / "icons"
 

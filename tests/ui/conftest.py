@@ -4,32 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-
-from gemma_desktop.ui import qtcompat
-
-qtcompat.keep_none_alive()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def python_threads_for_executor(qloop: asyncio.AbstractEventLoop) -> Iterator[None]:
-    """Run the loop's blocking calls on Python threads instead of qasync's QThreads.
-
-    qasync's default executor is a pool of QThreads that nothing shuts down while
-    the session loop stays open; at interpreter exit Qt aborts the process
-    ("QThread: Destroyed while thread is still running"). The app does the same
-    in :func:`gemma_desktop.app.run_app`.
-    """
-    previous = getattr(qloop, "_QEventLoop__default_executor", None)
-    if previous is not None and not isinstance(previous, ThreadPoolExecutor):
-        previous.shutdown(wait=True)  # a QThread pool an earlier test created
-    # Left running at teardown: session fixtures torn down later (the shared
-    # engine's shutdown) still use it; Python joins its idle threads at exit.
-    qloop.set_default_executor(ThreadPoolExecutor(max_workers=8, thread_name_prefix="ui-tests"))
-    yield
 
 
 @pytest.fixture
