@@ -276,6 +276,60 @@ def vllm_engine_factory(
     return factory
 
 
+def engine_choice_factory(
+    local: EngineFactory,
+    store: SettingsStore,
+    session_keys: Mapping[str, str],
+) -> EngineFactory:
+    """Builds the engine the user chose on the Connections page (saved ``engine``).
+
+    ``"remote"`` with a saved server builds a :class:`RemoteEngine` (its key from
+    this session's keys, else the keyring); anything else calls ``local``.
+    """
+
+    async def factory(variant_id: str, progress: ProgressListener) -> Engine:
+        from gemma_desktop.core.remote_engine import ApiKeyStore, RemoteEngine, RemoteTarget
+        from gemma_desktop.core.tokens import KeyringUnavailableError
+
+        loop = asyncio.get_running_loop()
+        try:
+            saved = await loop.run_in_executor(None, store.load)
+        except GemmaDesktopError:
+            saved = {}
+        if saved.get("engine") != "remote":
+            engine: Engine = await local(variant_id, progress)
+            return engine
+        target = RemoteTarget.from_saved(saved)
+        if target is None:
+            raise GemmaDesktopError(
+                "The remote vLLM server is chosen but no address is saved.",
+                "Enter the server's address on the Connections page, or choose this computer.",
+            )
+        key = session_keys.get(target.base_url)
+        if key is None:
+            try:
+                key = await loop.run_in_executor(None, ApiKeyStore(target.base_url).get)
+            except KeyringUnavailableError:
+                key = None
+        return RemoteEngine(target.base_url, target.model, key)
+
+    return factory
+
+
+def local_api_for(deployment_name: str) -> Callable[[Engine], Any]:
+    """The local API factory: an endpoint over a :class:`VllmEngine`, ``None`` for others."""
+
+    def make(engine: Engine) -> Any:
+        from gemma_desktop.core.local_api import LocalApiServer
+        from gemma_desktop.core.vllm_engine import VllmEngine
+
+        if not isinstance(engine, VllmEngine):
+            return None
+        return LocalApiServer.for_engine(engine, deployment_name)
+
+    return make
+
+
 # --- the app ---------------------------------------------------------------------------------
 
 
@@ -323,7 +377,12 @@ class GemmaDesktopApp:
         self._token_task: asyncio.Future[Any] | None = None
         self.download_manager = self._download_manager()
         self.history = self._open_history()
-        factory = engine_factory or vllm_engine_factory(self.catalog, lambda: self.report)
+        self.remote_session_keys: dict[str, str] = {}
+        factory = engine_choice_factory(
+            engine_factory or vllm_engine_factory(self.catalog, lambda: self.report),
+            self.settings_store,
+            self.remote_session_keys,
+        )
         self.host = EngineHost(factory, self.settings.model_id.value)
         self.window = MainWindow(
             WindowServices(
@@ -340,6 +399,8 @@ class GemmaDesktopApp:
                 log_path=self.log_path,
                 diagnostics=lambda: self.diagnostics(""),
                 history=self.history,
+                local_api_factory=local_api_for(self.settings.deployment_name.value),
+                remote_session_keys=self.remote_session_keys,
             )
         )
         self.window.probe_panel.report_changed.connect(self._remember_report)
@@ -465,6 +526,7 @@ class GemmaDesktopApp:
     # --- shutdown -------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
+        await self.window.connections.shutdown()
         await self.host.shutdown()
         if self.history is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.history.close)

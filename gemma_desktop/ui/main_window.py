@@ -1,5 +1,5 @@
-"""The main window: chat, hardware check, model, token and history pages, the engine
-indicator, and the menus (File, Engine, View, Help).
+"""The main window: chat, hardware check, model, token, history and connections pages,
+the engine indicator, and the menus (File, Engine, View, Help).
 
 It receives every service it shows (``app.py`` builds them); it builds none.
 """
@@ -38,6 +38,7 @@ from gemma_desktop.core.settings import SettingsStore
 from gemma_desktop.core.tokens import TokenStore, validate_token
 from gemma_desktop.ui import theme
 from gemma_desktop.ui.chat_view import ChatPanel
+from gemma_desktop.ui.connections_panel import ConnectionsPanel, LocalApiFactory
 from gemma_desktop.ui.dialogs import ask
 from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.engine_indicator import EngineIndicator
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 #: Builds the download panel for a variant (the downloads area owns the widget).
 DownloadPanelFactory = Callable[[str], QWidget]
 
-PAGE_CHAT, PAGE_HARDWARE, PAGE_MODEL, PAGE_TOKEN, PAGE_HISTORY = range(5)
+PAGE_CHAT, PAGE_HARDWARE, PAGE_MODEL, PAGE_TOKEN, PAGE_HISTORY, PAGE_CONNECTIONS = range(6)
 
 
 @dataclass
@@ -72,10 +73,15 @@ class WindowServices:
     diagnostics: Callable[[], str] | None = None
     #: The conversation history; ``None`` records nothing (the History page says so).
     history: AsyncHistory | None = None
+    #: Builds the local OpenAI-compatible endpoint over a running local engine.
+    local_api_factory: LocalApiFactory | None = None
+    #: Remote API keys kept for this session only (no keyring); the engine factory reads them.
+    remote_session_keys: dict[str, str] | None = None
 
 
 class MainWindow(QMainWindow):
-    """The app's window. Pages: Chat, Hardware check, Model, Hugging Face token, History.
+    """The app's window. Pages: Chat, Hardware check, Model, Hugging Face token, History,
+    Connections.
 
     Closing it stops the answer and the engine first (asynchronously), then
     closes for real and emits ``shutdown_finished``.
@@ -120,6 +126,12 @@ class MainWindow(QMainWindow):
             is_cached=services.is_cached,
             confirm=self._confirm_switch,
         )
+        self.connections = ConnectionsPanel(
+            self.host,
+            services.settings_store,
+            session_keys=services.remote_session_keys,
+            local_api_factory=services.local_api_factory,
+        )
         self.download_area = QFrame()
         self.download_area.setObjectName("downloadArea")
         self.download_area.setProperty("role", "card")
@@ -136,7 +148,14 @@ class MainWindow(QMainWindow):
         model_layout.addLayout(download_wrap)
 
         self.pages = QStackedWidget()
-        for page in (self.chat, self.probe_panel, model_page, self.token_panel, self.history_panel):
+        for page in (
+            self.chat,
+            self.probe_panel,
+            model_page,
+            self.token_panel,
+            self.history_panel,
+            self.connections,
+        ):
             self.pages.addWidget(page)
 
         self.navigation = QListWidget()
@@ -151,6 +170,7 @@ class MainWindow(QMainWindow):
             ("Model", "model"),
             ("Hugging Face token", "key"),
             ("History", "history"),
+            ("Connections", "connections"),
         ):
             item = QListWidgetItem(theme.icon(icon_name), text, self.navigation)
             item.setSizeHint(QSize(0, 38))
@@ -236,7 +256,14 @@ class MainWindow(QMainWindow):
             engine_menu.addAction(action)
 
         view_menu = bar.addMenu("&View")
-        pages = ("&Chat", "&Hardware check", "&Model", "Hugging Face &token", "Hi&story")
+        pages = (
+            "&Chat",
+            "&Hardware check",
+            "&Model",
+            "Hugging Face &token",
+            "Hi&story",
+            "C&onnections",
+        )
         for row, text in enumerate(pages):
             view_menu.addAction(
                 self._action(text, functools.partial(self.show_page, row), f"Ctrl+{row + 1}")
@@ -422,6 +449,7 @@ class MainWindow(QMainWindow):
                     await asyncio.wait_for(asyncio.shield(task), timeout=5)
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     task.cancel()
+            await self.connections.shutdown()
             await self.host.shutdown()
         except GemmaDesktopError:
             log.warning("the engine did not stop cleanly", exc_info=True)

@@ -31,6 +31,10 @@ def test_keyword_run_in_executor_works_on_the_app_loop(
 def test_plain_qasync_loop_rejects_the_same_call(qapp: Any) -> None:
     import qasync
 
-    plain = qasync.QEventLoop(qapp, already_running=True)
-    with pytest.raises(TypeError, match="func"):
-        plain.run_in_executor(executor=None, func=lambda: 1)
+    # not already_running: that would make it the thread's running loop for the session
+    plain = qasync.QEventLoop(qapp)
+    try:
+        with pytest.raises(TypeError, match="func"):
+            plain.run_in_executor(executor=None, func=lambda: 1)
+    finally:
+        plain.close()

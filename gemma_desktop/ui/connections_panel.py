@@ -1,0 +1,551 @@
+"""The Connections page: which engine answers, and the opt-in local API.
+
+* **Engine**: "This computer (vLLM)" or "Remote vLLM server". For a remote
+  server the user enters its base URL and API key, presses Connect (the model
+  list comes from ``/v1/models``) and picks a model. Apply saves the choice
+  (``engine``, ``remote_base_url``, ``remote_model``; never the key, which goes
+  to the keyring or, when no keyring works and the user agrees, stays in memory
+  for this session) and restarts the engine through the host, after asking when
+  one is running. The chat and history do not change.
+* **Local API**: "Serve an OpenAI-compatible API on this computer" (saved as
+  ``local_api_enabled``, off by default). It runs only while the local vLLM
+  engine is ready: it starts when the engine becomes ready with the box ticked,
+  and stops when the engine stops or restarts, when the box is unticked and at
+  quit (:meth:`ConnectionsPanel.shutdown`).
+
+The panel receives its services (engine host, settings store, the local API
+factory); it builds none of them.
+
+Signals:
+    engine_choice_applied(str): ``"local"`` or ``"remote"`` after Apply saved it.
+    local_api_changed(): the local API started or stopped (address/token changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gemma_desktop.core.engine import Engine, EngineState, EngineStatus
+from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.local_api import LocalApiServer
+from gemma_desktop.core.remote_engine import (
+    ApiKeyStore,
+    RemoteEngine,
+    RemoteTarget,
+    fetch_models,
+    normalize_base_url,
+)
+from gemma_desktop.core.settings import SettingsStore
+from gemma_desktop.core.tokens import KeyringUnavailableError
+from gemma_desktop.ui import dialogs, theme
+from gemma_desktop.ui.engine_host import RUNNING_STATES, EngineHost
+
+log = logging.getLogger(__name__)
+
+ENGINE_LOCAL = "local"
+ENGINE_REMOTE = "remote"
+
+#: An endpoint over a running engine, or ``None`` when that engine cannot be served
+#: (only the in-process vLLM engine can).
+LocalApiFactory = Callable[[Engine], LocalApiServer | None]
+
+
+class AskFunction(Protocol):
+    """The signature of :func:`gemma_desktop.ui.dialogs.ask`."""
+
+    def __call__(
+        self,
+        parent: QWidget | None,
+        title: str,
+        text: str,
+        *,
+        informative: str = "",
+        yes_text: str = "Yes",
+        no_text: str = "Cancel",
+    ) -> Awaitable[bool]: ...
+
+
+def _error_text(exc: GemmaDesktopError) -> str:
+    return f"{exc.reason}\n{exc.hint}" if exc.hint else exc.reason
+
+
+class ConnectionsPanel(QWidget):
+    """Engine choice (local or remote vLLM) and the opt-in local OpenAI-compatible API."""
+
+    engine_choice_applied = Signal(str)
+    local_api_changed = Signal()
+
+    def __init__(
+        self,
+        host: EngineHost,
+        settings_store: SettingsStore,
+        *,
+        session_keys: dict[str, str] | None = None,
+        local_api_factory: LocalApiFactory | None = None,
+        ask: AskFunction = dialogs.ask,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.host = host
+        self.settings_store = settings_store
+        #: API keys kept for this session only (base URL -> key), read by the engine factory.
+        self.session_keys = session_keys if session_keys is not None else {}
+        self._local_api_factory = local_api_factory
+        self._ask = ask
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.server: LocalApiServer | None = None
+        self._server_engine: Engine | None = None
+        self._api_lock = asyncio.Lock()
+        saved = self._load_saved()
+
+        # --- engine choice ---------------------------------------------------------------
+        self.local_choice = QRadioButton("This computer (vLLM)")
+        self.local_choice.setObjectName("engineLocal")
+        self.remote_choice = QRadioButton("Remote vLLM server")
+        self.remote_choice.setObjectName("engineRemote")
+        self.choice_group = QButtonGroup(self)
+        self.choice_group.addButton(self.local_choice)
+        self.choice_group.addButton(self.remote_choice)
+
+        self.url_field = QLineEdit()
+        self.url_field.setObjectName("remoteUrl")
+        self.url_field.setAccessibleName("Server address")
+        self.url_field.setPlaceholderText("http://gpu-server:8000")
+        self.key_field = QLineEdit()
+        self.key_field.setObjectName("remoteKey")
+        self.key_field.setAccessibleName("API key")
+        self.key_field.setEchoMode(QLineEdit.EchoMode.Password)
+        self.key_field.setPlaceholderText("Leave empty when the server has no --api-key")
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.setObjectName("remoteConnect")
+        self.model_combo = QComboBox()
+        self.model_combo.setObjectName("remoteModel")
+        self.model_combo.setAccessibleName("Remote model")
+        self.remote_status = QLabel("")
+        self.remote_status.setObjectName("remoteStatus")
+        self.remote_status.setWordWrap(True)
+        self.remote_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setObjectName("engineApply")
+
+        remote_box = QWidget()
+        remote_form = QFormLayout(remote_box)
+        remote_form.setContentsMargins(24, 0, 0, 0)
+        url_row = QHBoxLayout()
+        url_row.addWidget(self.url_field, 1)
+        url_row.addWidget(self.connect_button)
+        remote_form.addRow("Server address", url_row)
+        remote_form.addRow("API key", self.key_field)
+        remote_form.addRow("Model", self.model_combo)
+        remote_form.addRow(self.remote_status)
+        self.remote_box = remote_box
+
+        engine_card = self._card("Engine")
+        engine_layout = engine_card.layout()
+        assert isinstance(engine_layout, QVBoxLayout)
+        engine_layout.addWidget(self.local_choice)
+        engine_layout.addWidget(self.remote_choice)
+        engine_layout.addWidget(remote_box)
+        apply_row = QHBoxLayout()
+        apply_row.addStretch(1)
+        apply_row.addWidget(self.apply_button)
+        engine_layout.addLayout(apply_row)
+
+        # --- local API ----------------------------------------------------------------------
+        self.api_checkbox = QCheckBox("Serve an OpenAI-compatible API on this computer")
+        self.api_checkbox.setObjectName("localApiEnabled")
+        self.api_note = QLabel("")
+        self.api_note.setObjectName("localApiNote")
+        self.api_note.setWordWrap(True)
+        self.api_note.setProperty("role", "muted")
+        self.api_address = QLineEdit()
+        self.api_address.setObjectName("localApiAddress")
+        self.api_address.setAccessibleName("Local API address")
+        self.api_address.setReadOnly(True)
+        self.api_token = QLineEdit()
+        self.api_token.setObjectName("localApiToken")
+        self.api_token.setAccessibleName("Local API token")
+        self.api_token.setReadOnly(True)
+        self.api_token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.show_token_button = QPushButton(theme.icon("eye"), "")
+        self.show_token_button.setObjectName("localApiShowToken")
+        self.show_token_button.setAccessibleName("Show token")
+        self.show_token_button.setToolTip("Show or hide the token")
+        self.show_token_button.setCheckable(True)
+        self.copy_token_button = QPushButton(theme.icon("copy"), "")
+        self.copy_token_button.setObjectName("localApiCopyToken")
+        self.copy_token_button.setAccessibleName("Copy token")
+        self.copy_token_button.setToolTip("Copy the token to the clipboard")
+        self.api_storage = QLabel("")
+        self.api_storage.setObjectName("localApiStorage")
+        self.api_storage.setProperty("role", "muted")
+        self.api_error = QLabel("")
+        self.api_error.setObjectName("localApiError")
+        self.api_error.setWordWrap(True)
+        self.api_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        api_card = self._card("Local API")
+        api_layout = api_card.layout()
+        assert isinstance(api_layout, QVBoxLayout)
+        api_layout.addWidget(self.api_checkbox)
+        api_layout.addWidget(self.api_note)
+        api_form = QFormLayout()
+        api_form.addRow("Address", self.api_address)
+        token_row = QHBoxLayout()
+        token_row.addWidget(self.api_token, 1)
+        token_row.addWidget(self.show_token_button)
+        token_row.addWidget(self.copy_token_button)
+        api_form.addRow("Token", token_row)
+        api_form.addRow("Stored in", self.api_storage)
+        api_layout.addLayout(api_form)
+        api_layout.addWidget(self.api_error)
+
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(16, 16, 16, 16)
+        layout.setSpacing(12)
+        layout.addWidget(engine_card)
+        layout.addWidget(api_card)
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+
+        # --- saved values and wiring -------------------------------------------------------
+        target = self._saved_target(saved)
+        if target is not None:
+            self.url_field.setText(target.base_url)
+            if target.model:
+                self.model_combo.addItem(target.model)
+        remote = saved.get("engine") == ENGINE_REMOTE
+        (self.remote_choice if remote else self.local_choice).setChecked(True)
+        self.api_checkbox.setChecked(saved.get("local_api_enabled") is True)
+
+        self.remote_choice.toggled.connect(self._update_remote_enabled)
+        self.connect_button.clicked.connect(lambda: self._spawn(self.connect_remote()))
+        self.url_field.returnPressed.connect(lambda: self._spawn(self.connect_remote()))
+        self.apply_button.clicked.connect(lambda: self._spawn(self.apply()))
+        self.api_checkbox.toggled.connect(self._on_api_toggled)
+        self.show_token_button.toggled.connect(self._show_token)
+        self.copy_token_button.clicked.connect(self.copy_token)
+        self.host.status_changed.connect(self._on_engine_status)
+        self._update_remote_enabled()
+        self._on_engine_status(self.host.status)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _card(title: str) -> QFrame:
+        card = QFrame()
+        card.setProperty("role", "card")
+        layout = QVBoxLayout(card)
+        heading = QLabel(f"<b>{title}</b>")
+        layout.addWidget(heading)
+        return card
+
+    def _load_saved(self) -> dict[str, Any]:
+        try:
+            return self.settings_store.load()
+        except GemmaDesktopError as exc:
+            log.warning("settings: %s", exc.reason)
+            return {}
+
+    @staticmethod
+    def _saved_target(saved: dict[str, Any]) -> RemoteTarget | None:
+        try:
+            return RemoteTarget.from_saved(saved)
+        except GemmaDesktopError:
+            return None
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _update_remote_enabled(self) -> None:
+        self.remote_box.setEnabled(self.remote_choice.isChecked())
+
+    def _set_remote_status(self, text: str, *, error: bool = False) -> None:
+        self.remote_status.setText(text)
+        self.remote_status.setProperty("role", "error" if error else "muted")
+        self.remote_status.style().unpolish(self.remote_status)
+        self.remote_status.style().polish(self.remote_status)
+
+    @property
+    def chosen_engine(self) -> str:
+        return ENGINE_REMOTE if self.remote_choice.isChecked() else ENGINE_LOCAL
+
+    # --- remote server -----------------------------------------------------------------------
+
+    async def _api_key(self, base_url: str) -> str | None:
+        """The key typed in the field, else this session's, else the keyring's."""
+        typed = self.key_field.text().strip()
+        if typed:
+            return typed
+        if base_url in self.session_keys:
+            return self.session_keys[base_url]
+        store = ApiKeyStore(base_url)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, store.get)
+        except KeyringUnavailableError:
+            return None
+
+    async def connect_remote(self) -> bool:
+        """List the server's models into the model combo; ``True`` on success."""
+        self.connect_button.setEnabled(False)
+        self._set_remote_status("Connecting…")
+        try:
+            base_url = normalize_base_url(self.url_field.text())
+            key = await self._api_key(base_url)
+            models = await fetch_models(base_url, key)
+        except GemmaDesktopError as exc:
+            self._set_remote_status(_error_text(exc), error=True)
+            return False
+        finally:
+            self.connect_button.setEnabled(True)
+        current = self.model_combo.currentText()
+        self.model_combo.clear()
+        for model in models:
+            self.model_combo.addItem(model.id)
+        index = self.model_combo.findText(current)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        count = len(models)
+        self._set_remote_status(
+            f"Connected to {base_url}: {count} model{'s' if count != 1 else ''}."
+            if count
+            else f"{base_url} serves no model."
+        )
+        return True
+
+    async def _store_key(self, base_url: str, key: str) -> bool:
+        """Save ``key`` for ``base_url``; ``False`` when the user cancelled."""
+        store = ApiKeyStore(base_url)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, store.save, key)
+        except KeyringUnavailableError as exc:
+            keep = await self._ask(
+                self,
+                "No keyring",
+                "The API key cannot be saved in the system keyring.",
+                informative=f"{exc.reason} {exc.hint}".strip()
+                + " The key can be kept for this session only; you will enter it again "
+                "after restarting the app.",
+                yes_text="Keep for this session",
+                no_text="Cancel",
+            )
+            if not keep:
+                return False
+            self.session_keys[base_url] = key
+            return True
+        self.session_keys.pop(base_url, None)
+        return True
+
+    async def apply(self) -> bool:
+        """Save the engine choice and restart the engine with it; ``True`` when applied."""
+        self.apply_button.setEnabled(False)
+        try:
+            return await self._apply()
+        except GemmaDesktopError as exc:
+            self._set_remote_status(_error_text(exc), error=True)
+            return False
+        finally:
+            self.apply_button.setEnabled(True)
+
+    async def _apply(self) -> bool:
+        choice = self.chosen_engine
+        changes: dict[str, Any] = {"engine": choice}
+        if choice == ENGINE_REMOTE:
+            base_url = normalize_base_url(self.url_field.text())
+            model = self.model_combo.currentText().strip() or None
+            changes.update(RemoteTarget(base_url, model).to_saved())
+            key = self.key_field.text().strip()
+            if key and not await self._store_key(base_url, key):
+                return False
+        if not await self._confirm_restart(choice):
+            return False
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.settings_store.update(**changes))
+        self.key_field.clear()
+        self.engine_choice_applied.emit(choice)
+        if choice == ENGINE_REMOTE:
+            self._set_remote_status("Saved: the remote server answers from the next start.")
+        host = self.host
+        if host.engine is not None or host.status.state == EngineState.STARTING:
+            if host.is_running or host.status.state == EngineState.STARTING:
+                await host.switch(host.variant_id)
+            else:
+                await host.stop()
+        return True
+
+    async def _confirm_restart(self, choice: str) -> bool:
+        state = self.host.status.state
+        if state not in RUNNING_STATES and state != EngineState.STARTING:
+            return True
+        where = "the remote vLLM server" if choice == ENGINE_REMOTE else "this computer"
+        return await self._ask(
+            self,
+            "Switch engine",
+            f"Restart the engine on {where}?",
+            informative="The running engine stops"
+            + (
+                " and the answer being written is cut off."
+                if state == EngineState.GENERATING
+                else "."
+            )
+            + " The chat and its history stay as they are.",
+            yes_text="Restart the engine",
+            no_text="Keep the current engine",
+        )
+
+    # --- local API ---------------------------------------------------------------------------
+
+    def _local_engine(self) -> Engine | None:
+        """The host's engine when it is a running local engine the API can serve."""
+        engine = self.host.engine
+        if engine is None or isinstance(engine, RemoteEngine):
+            return None
+        if self.host.status.state not in RUNNING_STATES:
+            return None
+        return engine
+
+    @property
+    def local_api_available(self) -> bool:
+        return self._local_api_factory is not None and self._local_engine() is not None
+
+    def _on_engine_status(self, status: EngineStatus) -> None:
+        self._update_api_controls()
+        engine = self._local_engine()
+        server_engine_gone = self.server is not None and self._server_engine is not engine
+        if server_engine_gone:
+            self._spawn(self.stop_local_api())
+        wanted = self.api_checkbox.isChecked() and status.state == EngineState.READY
+        if engine is not None and wanted and (self.server is None or server_engine_gone):
+            self._spawn(self.start_local_api())
+
+    def _update_api_controls(self) -> None:
+        available = self.local_api_available
+        self.api_checkbox.setEnabled(available or self.api_checkbox.isChecked())
+        running = self.server is not None and self.server.running
+        if self._local_api_factory is None:
+            note = "The local API is not available in this installation (it needs vLLM)."
+            self.api_checkbox.setEnabled(False)
+        elif isinstance(self.host.engine, RemoteEngine):
+            note = "Available only with the engine on this computer, not with a remote server."
+            self.api_checkbox.setEnabled(self.api_checkbox.isChecked())
+        elif running:
+            note = "Editors and scripts on this computer can use the model (127.0.0.1 only)."
+        elif not available:
+            note = "Available while the engine on this computer runs: start it first." + (
+                " The API starts with it." if self.api_checkbox.isChecked() else ""
+            )
+        else:
+            note = "Off. Tick the box to let editors and scripts on this computer use the model."
+        self.api_note.setText(note)
+        token = self.server.token if running and self.server is not None else None
+        self.api_address.setText((self.server.address or "") if running and self.server else "")
+        self.api_token.setText(token.value if token is not None else "")
+        self.api_storage.setText(token.describe() if token is not None else "")
+        self.show_token_button.setEnabled(token is not None)
+        self.copy_token_button.setEnabled(token is not None)
+
+    def _on_api_toggled(self, checked: bool) -> None:
+        try:
+            self.settings_store.update(local_api_enabled=checked or None)
+        except GemmaDesktopError as exc:
+            self.api_error.setText(_error_text(exc))
+        if checked:
+            if self._local_engine() is not None and self.host.status.state == EngineState.READY:
+                self._spawn(self.start_local_api())
+        else:
+            self._spawn(self.stop_local_api())
+        self._update_api_controls()
+
+    async def start_local_api(self) -> bool:
+        """Start the endpoint over the running local engine; ``True`` when it serves."""
+        async with self._api_lock:
+            engine = self._local_engine()
+            if engine is None or self._local_api_factory is None:
+                return False
+            if self.server is not None and self.server.running and self._server_engine is engine:
+                return True
+            await self._stop_locked()
+            server = self._local_api_factory(engine)
+            if server is None:
+                self.api_error.setText("This engine cannot serve the local API.")
+                return False
+            self.api_error.setText("")
+            try:
+                await server.start()
+            except GemmaDesktopError as exc:
+                self.api_error.setText(_error_text(exc))
+                self._update_api_controls()
+                return False
+            self.server, self._server_engine = server, engine
+            log.info("local API serving at %s", server.address)
+        self._update_api_controls()
+        self.local_api_changed.emit()
+        return True
+
+    async def stop_local_api(self) -> None:
+        async with self._api_lock:
+            stopped = await self._stop_locked()
+        self._update_api_controls()
+        if stopped:
+            self.local_api_changed.emit()
+
+    async def _stop_locked(self) -> bool:
+        server, self.server, self._server_engine = self.server, None, None
+        if server is None:
+            return False
+        try:
+            await server.stop()
+        except GemmaDesktopError as exc:
+            log.warning("local API did not stop cleanly: %s", exc.reason)
+        return True
+
+    def _show_token(self, shown: bool) -> None:
+        self.api_token.setEchoMode(
+            QLineEdit.EchoMode.Normal if shown else QLineEdit.EchoMode.Password
+        )
+        self.show_token_button.setIcon(theme.icon("eye-off" if shown else "eye"))
+
+    def copy_token(self) -> None:
+        token = self.server.token if self.server is not None else None
+        if token is not None:
+            QGuiApplication.clipboard().setText(token.value)
+
+    async def shutdown(self) -> None:
+        """Stop the local API (at quit, before the engine stops)."""
+        await self.stop_local_api()
+        for task in list(self._tasks):
+            if not task.done():
+                task.cancel()
