@@ -109,6 +109,21 @@ def run_raw(tokens: int) -> dict[str, Any]:
 # --- the app side ------------------------------------------------------------------------
 
 
+#: Calls that are not holding the GIL (waits) or that only contain other calls (imports).
+IGNORED_CALLS = frozenset(
+    {
+        "exec",
+        "__import__",
+        "_call_with_frames_removed",
+        "SimpleQueue.get",
+        "lock.acquire",
+        "poll.poll",
+        "sleep",
+        "select",
+    }
+)
+
+
 class CallProfiler:
     """Records C calls that hold a worker thread for long (``--attribute``).
 
@@ -210,7 +225,7 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
                     for started, held, name, where in (profiler.calls if profiler else [])
                     if started < gap_end
                     and started + held > gap_start
-                    and name not in ("exec", "__import__", "_call_with_frames_removed")
+                    and name not in IGNORED_CALLS
                 }
             )
             attributed.append(

@@ -268,6 +268,8 @@ class VllmEngine:
                 self._llm = llm
                 self._tokenizer = llm.get_tokenizer()
                 self._max_model_len = int(llm.model_config.max_model_len)
+                # compile the chat template and warm the tokenizer now, not on the first Send
+                await loop.run_in_executor(None, self._warm_prompt_path)
             except EngineError as exc:
                 self._set_state(EngineState.CRASHED, exc.reason, exc.hint)
                 raise
@@ -285,6 +287,12 @@ class VllmEngine:
             report("Ready", 1.0)
             self._set_state(EngineState.READY, f"Started in {self.start_time_s:.0f} s")
             self._monitor = asyncio.ensure_future(self._watch())
+
+    def _warm_prompt_path(self) -> None:
+        build_prompt(self._tokenizer, [ChatMessage("user", "Hello")], None)
+        from vllm.sampling_params import SamplingParams
+
+        SamplingParams(temperature=0.0, max_tokens=1)
 
     def _construct(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
