@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QEvent, QMimeData, QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
@@ -520,12 +521,17 @@ class ConversationRecorder(QObject):
                 await asyncio.wait([previous])
             try:
                 await op()
-            except GemmaDesktopError as exc:
-                log.warning("history: %s", exc.reason)
-                self.failed.emit(f"History: {exc.reason} {exc.hint}".strip())
-            except Exception:
-                log.exception("writing the conversation history failed")
-                self.failed.emit("History: the conversation could not be saved (see the log).")
+            except Exception as exc:
+                if not shiboken6.isValid(self):
+                    # The window closed while the write was queued: the write ran
+                    # (or its error is below); only the notification has no receiver.
+                    log.debug("history write finished after its window closed", exc_info=True)
+                elif isinstance(exc, GemmaDesktopError):
+                    log.warning("history: %s", exc.reason)
+                    self.failed.emit(f"History: {exc.reason} {exc.hint}".strip())
+                else:
+                    log.exception("writing the conversation history failed")
+                    self.failed.emit("History: the conversation could not be saved (see the log).")
 
         task = asyncio.ensure_future(run())
         self._last = task

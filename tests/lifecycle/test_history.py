@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -344,7 +345,7 @@ def test_title_from_prompt() -> None:
     assert t.endswith("…") and len(t) <= 21
 
 
-def test_async_history_runs_off_the_loop(tmp_path: Path) -> None:
+def test_async_history_runs_off_the_loop(tmp_path: Path, arun: Any) -> None:
     import asyncio
 
     async def main() -> list[str]:
@@ -358,5 +359,7 @@ def test_async_history_runs_off_the_loop(tmp_path: Path) -> None:
         h.close()
         return list(thread_names)
 
-    names = asyncio.run(main())
+    # On the session's app loop: the test session runs one, so asyncio.run()
+    # would refuse to start a second loop in this thread.
+    names = arun(main())
     assert all(n.startswith("history") for n in names)
