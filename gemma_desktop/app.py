@@ -629,6 +629,7 @@ def run_app(*, no_auto_start: bool = False) -> int:
             token_store=app.token_store,
             download_manager=app.download_manager,
             catalog=app.catalog,
+            session_keys=app.remote_session_keys,
             probe=lambda settings, variant_id: run_probe(
                 settings,
                 variant_id=variant_id,

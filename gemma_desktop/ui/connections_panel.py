@@ -104,9 +104,14 @@ class ConnectionsPanel(QWidget):
         session_keys: dict[str, str] | None = None,
         local_api_factory: LocalApiFactory | None = None,
         ask: AskFunction = dialogs.ask,
+        remote_only: bool = False,
         parent: QWidget | None = None,
     ) -> None:
+        """``remote_only`` shows just the remote server form (the setup wizard's use):
+        no engine choice, no Apply, no local API; :meth:`remote_changes` saves nothing
+        by itself."""
         super().__init__(parent)
+        self.remote_only = remote_only
         self.host = host
         self.settings_store = settings_store
         #: API keys kept for this session only (base URL -> key), read by the engine factory.
@@ -161,7 +166,8 @@ class ConnectionsPanel(QWidget):
         remote_form.addRow(self.remote_status)
         self.remote_box = remote_box
 
-        engine_card = self._card("Engine")
+        engine_card = self._card("Remote vLLM server" if remote_only else "Engine")
+        self.engine_card = engine_card
         engine_layout = engine_card.layout()
         assert isinstance(engine_layout, QVBoxLayout)
         engine_layout.addWidget(self.local_choice)
@@ -206,6 +212,7 @@ class ConnectionsPanel(QWidget):
         self.api_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         api_card = self._card("Local API")
+        self.api_card = api_card
         api_layout = api_card.layout()
         assert isinstance(api_layout, QVBoxLayout)
         api_layout.addWidget(self.api_checkbox)
@@ -242,8 +249,12 @@ class ConnectionsPanel(QWidget):
             self.url_field.setText(target.base_url)
             if target.model:
                 self.model_combo.addItem(target.model)
-        remote = saved.get("engine") == ENGINE_REMOTE
+        remote = saved.get("engine") == ENGINE_REMOTE or remote_only
         (self.remote_choice if remote else self.local_choice).setChecked(True)
+        if remote_only:
+            for widget in (self.local_choice, self.remote_choice, self.apply_button, api_card):
+                widget.hide()
+            remote_form.setContentsMargins(0, 0, 0, 0)
         self.api_checkbox.setChecked(saved.get("local_api_enabled") is True)
 
         self.remote_choice.toggled.connect(self._update_remote_enabled)
@@ -380,16 +391,29 @@ class ConnectionsPanel(QWidget):
         finally:
             self.apply_button.setEnabled(True)
 
+    async def remote_changes(self) -> dict[str, Any] | None:
+        """The settings that choose the server and model in the form, its typed key
+        stored (keyring, or this session when the user agrees); ``None`` when the user
+        cancelled. Raises :class:`GemmaDesktopError` for an address that is not one."""
+        base_url = normalize_base_url(self.url_field.text())
+        model = self.model_combo.currentText().strip() or None
+        changes: dict[str, Any] = {
+            "engine": ENGINE_REMOTE,
+            **RemoteTarget(base_url, model).to_saved(),
+        }
+        key = self.key_field.text().strip()
+        if key and not await self._store_key(base_url, key):
+            return None
+        return changes
+
     async def _apply(self) -> bool:
         choice = self.chosen_engine
         changes: dict[str, Any] = {"engine": choice}
         if choice == ENGINE_REMOTE:
-            base_url = normalize_base_url(self.url_field.text())
-            model = self.model_combo.currentText().strip() or None
-            changes.update(RemoteTarget(base_url, model).to_saved())
-            key = self.key_field.text().strip()
-            if key and not await self._store_key(base_url, key):
+            remote = await self.remote_changes()
+            if remote is None:
                 return False
+            changes = remote
         if not await self._confirm_restart(choice):
             return False
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ from typing import Any, cast
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
+    QCheckBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -287,20 +288,46 @@ class TokenPage(WizardPage):
 
 
 class VariantPage(WizardPage):
-    """The main window's :class:`VariantPicker`: every model with its fit verdict."""
+    """The main window's :class:`VariantPicker`: every model with its fit verdict.
+
+    Or, with "Use a remote vLLM server instead", the Connections page's remote
+    form: connect, pick one of the server's models; Next saves ``engine=remote``
+    with the server and model, and the download step is skipped.
+    """
 
     step = "variant"
 
     def __init__(self, wizard: SetupWizard) -> None:
         super().__init__(wizard)
+        from gemma_desktop.ui.connections_panel import ConnectionsPanel
+
         self.intro = _text(
             "Pick the model to run. The verdicts come from the hardware check; a model "
             "that does not fit here cannot be chosen.",
             "variantIntro",
         )
         self.layout_.addWidget(self.intro)
+        self.remote_toggle = QCheckBox("Use a remote vLLM server instead")
+        self.remote_toggle.setObjectName("useRemote")
+        self.remote_toggle.setToolTip(
+            "A GPU server or cluster that runs vllm serve; nothing is downloaded here."
+        )
+        self.layout_.addWidget(self.remote_toggle)
+        self.remote = ConnectionsPanel(
+            wizard.host, wizard.store, session_keys=wizard.session_keys, remote_only=True
+        )
+        self.remote.setObjectName("wizardRemote")
+        self.remote.hide()
+        self.layout_.addWidget(self.remote, 1)
         self.picker: Any = None
         self._complete = False
+        self.remote_toggle.setChecked(wizard.settings.saved.get("engine") == "remote")
+        self.remote_toggle.toggled.connect(lambda _checked: self._update())
+        self.remote.model_combo.currentTextChanged.connect(lambda _text: self._update())
+
+    @property
+    def uses_remote(self) -> bool:
+        return self.remote_toggle.isChecked()
 
     @property
     def selected(self) -> str | None:
@@ -353,17 +380,42 @@ class VariantPage(WizardPage):
         return report.fit(self.wizard.catalog.get(variant_id)).kind is not FitKind.DOES_NOT_FIT
 
     def _update(self) -> None:
+        remote = self.uses_remote
+        self.remote.setVisible(remote)
         if self.picker is not None:
+            self.picker.setVisible(not remote)
             self.picker.download_button.hide()
+        self.intro.setVisible(not remote)
+        if remote:
+            self.set_complete(bool(self.remote.model_combo.currentText().strip()))
+            return
         variant_id = self.selected
         self.set_complete(variant_id is not None and self._fits(variant_id))
 
     async def commit(self) -> bool:
+        if self.uses_remote:
+            return await self._commit_remote()
         variant_id = self.selected
         if variant_id is None or not self._fits(variant_id):
             return False
         # The choice and the step are written together, atomically.
-        await self.wizard.record("variant", variant_id, model_id=variant_id)
+        await self.wizard.record("variant", variant_id, model_id=variant_id, engine=None)
+        return True
+
+    async def _commit_remote(self) -> bool:
+        try:
+            changes = await self.remote.remote_changes()
+        except GemmaDesktopError as exc:
+            self.remote.remote_status.setText(
+                f"{exc.reason}\n{exc.hint}" if exc.hint else exc.reason
+            )
+            return False
+        if changes is None or not changes.get("remote_model"):
+            return False
+        # Nothing to download: the server has the model. Both steps, the engine
+        # choice and the server are written together, atomically.
+        await self.wizard.record("variant", None, also=("download",), **changes)
+        self.remote.key_field.clear()
         return True
 
 
@@ -483,14 +535,38 @@ class EnginePage(WizardPage):
         self.hint.setText("")
         self.bar.setRange(0, 0)
         self.bar.show()
+        if self.wizard.uses_remote:
+            await self._start_remote()
+            return
         self.status.setText(f"Starting the engine with {variant_id}…")
-        if host.is_running and host.variant_id == variant_id:
+        if host.is_running and host.variant_id == variant_id and not self._is_remote(host):
+            self._on_status(host.status)
+            return
+        if self._is_remote(host):
+            await host.switch(variant_id)  # the saved choice is this computer again
             self._on_status(host.status)
             return
         if host.engine is not None and host.variant_id != variant_id:
             await host.switch(variant_id)
         else:
             host.set_variant(variant_id)
+            await host.start()
+        self._on_status(host.status)
+
+    @staticmethod
+    def _is_remote(host: EngineHost) -> bool:
+        from gemma_desktop.core.remote_engine import RemoteEngine
+
+        return isinstance(host.engine, RemoteEngine)
+
+    async def _start_remote(self) -> None:
+        """The host's engine factory reads the saved ``engine=remote`` and builds a
+        RemoteEngine; a running engine (of either kind) is restarted with it."""
+        host = self.wizard.host
+        self.status.setText("Connecting to the remote vLLM server…")
+        if host.engine is not None or host.status.state is EngineState.STARTING:
+            await host.switch(host.variant_id)
+        else:
             await host.start()
         self._on_status(host.status)
 
@@ -556,6 +632,7 @@ class SetupWizard(QWidget):
         catalog: VariantCatalog | None = None,
         probe: ProbeFunction | None = None,
         settings: Settings | None = None,
+        session_keys: dict[str, str] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -569,6 +646,8 @@ class SetupWizard(QWidget):
         self.probe: ProbeFunction = probe or _default_probe
         self.settings = settings or load_settings(store=self.store)
         self.progress = WizardProgress.from_saved(self.settings.saved)
+        #: Remote API keys kept for this session only (shared with the engine factory).
+        self.session_keys = session_keys if session_keys is not None else {}
         self.report: ProbeReport | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._done = False
@@ -671,18 +750,48 @@ class SetupWizard(QWidget):
         assert isinstance(page, VariantPage)
         return page.selected or self.progress.variant or BUNDLED_MODEL_ID
 
+    @property
+    def uses_remote(self) -> bool:
+        """The user chose a remote vLLM server on the model step."""
+        page = self.pages["variant"]
+        assert isinstance(page, VariantPage)
+        return page.uses_remote
+
     def chosen_label(self) -> str:
+        if self.uses_remote:
+            page = self.pages["variant"]
+            assert isinstance(page, VariantPage)
+            model = page.remote.model_combo.currentText()
+            return f"{model} on {page.remote.url_field.text().strip()}"
         variant_id = self.chosen_variant()
         return self.catalog.get(variant_id).label if variant_id in self.catalog else variant_id
 
-    async def record(self, step: str, variant: str | None = None, **settings: Any) -> None:
-        """Mark ``step`` finished (and save ``settings``) in one atomic write."""
+    async def record(
+        self,
+        step: str,
+        variant: str | None = None,
+        *,
+        also: tuple[str, ...] = (),
+        **settings: Any,
+    ) -> None:
+        """Mark ``step`` (and the steps in ``also``) finished and save ``settings``,
+        in one atomic write."""
         progress = self.progress.with_step(step, variant)
+        for other in also:
+            progress = progress.with_step(other)
         await self.run_blocking(
             lambda: self.store.update(**{PROGRESS_KEY: progress.to_saved()}, **settings)
         )
         self.progress = progress
-        self.steps.item(STEPS.index(step)).setText(self._step_label(step, done=True))
+        for done in (step, *also):
+            self.steps.item(STEPS.index(done)).setText(self._step_label(done, done=True))
+
+    def _neighbour(self, step: str, direction: int) -> str:
+        """The next (``+1``) or previous (``-1``) step; no download for a remote server."""
+        index = STEPS.index(step) + direction
+        if STEPS[index] == "download" and self.uses_remote:
+            index += direction
+        return STEPS[index]
 
     @staticmethod
     def _step_label(step: str, *, done: bool) -> str:
@@ -760,7 +869,7 @@ class SetupWizard(QWidget):
                 return
             if page.step != "variant":  # the variant page records itself with its choice
                 await self.record(page.step)
-            next_step = STEPS[STEPS.index(page.step) + 1]
+            next_step = self._neighbour(page.step, +1)
         except GemmaDesktopError as exc:
             log.warning("setup step %s failed: %s", page.step, exc.reason)
             return
@@ -770,9 +879,8 @@ class SetupWizard(QWidget):
         await self.show_step(next_step)
 
     async def go_back(self) -> None:
-        index = STEPS.index(self.current_step)
-        if index > 0 and not self._busy:
-            await self.show_step(STEPS[index - 1])
+        if STEPS.index(self.current_step) > 0 and not self._busy:
+            await self.show_step(self._neighbour(self.current_step, -1))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         for page in self.pages.values():

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from PySide6.QtWidgets import QMessageBox
 
 from gemma_desktop.core.catalog import BUNDLED_MODEL_ID
 from gemma_desktop.core.downloads import DownloadManager
@@ -242,3 +246,119 @@ def test_progress_records_are_ordered_and_validated() -> None:
     assert json.loads(json.dumps(p.to_saved())) == p.to_saved()
     assert needs_wizard({}) and needs_wizard({COMPLETE_KEY: "yes"})
     assert not needs_wizard({COMPLETE_KEY: True})
+
+
+@pytest.fixture
+def vllm_models_url() -> Iterator[str]:
+    """A loopback server answering ``/v1/models`` like ``vllm serve --api-key``."""
+    from tests.ui.test_connections_panel import _VllmModels
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _VllmModels)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_remote_server_skips_the_download_and_starts_a_remote_engine(
+    qloop: Any, qtbot: Any, arun: Any, vllm_models_url: str
+) -> None:
+    from gemma_desktop.app import engine_choice_factory
+    from gemma_desktop.core.errors import GemmaDesktopError
+    from gemma_desktop.core.remote_engine import RemoteEngine
+    from tests.ui.test_connections_panel import MODELS, SERVER_KEY
+
+    local_builds: list[str] = []
+
+    async def local(variant_id: str, progress: Any) -> Any:
+        local_builds.append(variant_id)
+        raise GemmaDesktopError("no local engine in this test")
+
+    store = SettingsStore()
+    store.update(**{PROGRESS_KEY: WizardProgress(("welcome", "hardware", "token")).to_saved()})
+    session_keys: dict[str, str] = {}
+    host = EngineHost(engine_choice_factory(local, store, session_keys), BUNDLED_MODEL_ID)
+
+    def make() -> SetupWizard:
+        return SetupWizard(
+            host=host,
+            store=store,
+            token_store=TokenStore(),
+            probe=_gpu_probe,
+            session_keys=session_keys,
+        )
+
+    walk = Walker(qtbot, make())
+    walk.at("variant")
+    variant: Any = walk.wizard.page("variant")
+    qtbot.waitUntil(lambda: variant.selected is not None)
+    assert not variant.remote.isVisible() and variant.picker.isVisible()
+    variant.remote_toggle.setChecked(True)
+    assert variant.remote.isVisible() and not variant.picker.isVisible()
+    assert not variant.remote.api_card.isVisible()  # the local API is not part of setup
+    assert not walk.wizard.next_button.isEnabled()  # no model picked yet
+
+    remote = variant.remote
+    remote.url_field.setText(vllm_models_url)
+    remote.key_field.setText("sk-wrong-key")
+    remote.connect_button.click()
+    qtbot.waitUntil(
+        lambda: (
+            "rejected" in remote.remote_status.text().lower()
+            or "401" in remote.remote_status.text()
+        )
+    )
+    assert not walk.wizard.next_button.isEnabled()
+    remote.key_field.setText(SERVER_KEY)
+    remote.connect_button.click()
+    qtbot.waitUntil(lambda: remote.model_combo.count() == len(MODELS))
+    remote.model_combo.setCurrentIndex(1)
+    walk.next_enabled()
+    walk.wizard.next_button.click()
+
+    # The tests' keyring always fails: keep the key for this session.
+    qtbot.waitUntil(
+        lambda: any(b.isVisible() for b in remote.findChildren(QMessageBox)), timeout=10_000
+    )
+    box = next(b for b in remote.findChildren(QMessageBox) if b.isVisible())
+    next(b for b in box.buttons() if b.text() == "Keep for this session").click()
+    walk.at("engine")  # the download step is skipped
+
+    saved = _saved()
+    assert saved["engine"] == "remote"
+    assert saved["remote_base_url"] == vllm_models_url
+    assert saved["remote_model"] == MODELS[1]
+    assert WizardProgress.from_saved(saved).completed == (
+        "welcome",
+        "hardware",
+        "token",
+        "variant",
+        "download",
+    )
+    assert SERVER_KEY not in store.path.read_text(encoding="utf-8")
+    assert session_keys == {vllm_models_url: SERVER_KEY}
+
+    engine_page: Any = walk.wizard.page("engine")
+    walk.next_enabled()  # the host's factory built a RemoteEngine and it connected
+    assert isinstance(host.engine, RemoteEngine)
+    assert host.engine.model_id == MODELS[1]
+    assert "ready" in engine_page.status.text() and MODELS[1] in engine_page.status.text()
+    assert local_builds == []
+
+    walk.wizard.back_button.click()
+    walk.at("variant")  # back skips the download too
+    walk.wizard.close()
+    qtbot.waitUntil(lambda: walk.outcome == [False])
+
+    # Relaunched: resumes at the engine step, still remote, and finishes.
+    walk = Walker(qtbot, make())
+    walk.at("engine")
+    walk.next("done")
+    assert MODELS[1] in walk.wizard.page("done").summary.text()  # type: ignore[attr-defined]
+    walk.wizard.next_button.click()
+    qtbot.waitUntil(lambda: walk.outcome == [True])
+    assert _saved()[COMPLETE_KEY] is True and _saved()["engine"] == "remote"
+    assert local_builds == []
+    arun(host.shutdown(), timeout=30)

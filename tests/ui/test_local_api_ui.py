@@ -1,0 +1,86 @@
+"""The local API switched on and off from the Connections page, over the real shared engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from gemma_desktop.app import local_api_for
+from gemma_desktop.core.engine import Engine, EngineState
+from gemma_desktop.core.local_api import LocalApiServer
+from gemma_desktop.core.settings import SettingsStore, load_settings
+from gemma_desktop.ui.connections_panel import ConnectionsPanel
+from gemma_desktop.ui.engine_host import EngineHost
+
+Arun = Callable[..., Any]
+
+
+@pytest.mark.engine
+def test_tick_serves_the_engine_and_untick_stops_it(
+    qloop: Any, qtbot: Any, arun: Arun, shared_engine: Any
+) -> None:
+    assert shared_engine.status.state == EngineState.READY
+    deployment = load_settings().deployment_name.value
+    app_factory = local_api_for(deployment)
+    built: list[LocalApiServer] = []
+
+    def factory(engine: Engine) -> LocalApiServer | None:
+        # The app's own factory; only the port differs (a free one, not the editors' default).
+        server: LocalApiServer | None = app_factory(engine)
+        if server is not None:
+            server.requested_port = 0
+            built.append(server)
+        return server
+
+    host = EngineHost(None, shared_engine.model_id)
+    host.adopt(shared_engine)  # not owned: the host never stops it
+    panel = ConnectionsPanel(host, SettingsStore(), local_api_factory=factory)
+    qtbot.addWidget(panel)
+    panel.show()
+    try:
+        assert panel.api_checkbox.isEnabled() and not panel.api_checkbox.isChecked()
+        assert panel.server is None and panel.api_address.text() == ""
+
+        panel.api_checkbox.setChecked(True)
+        qtbot.waitUntil(lambda: panel.api_address.text() != "", timeout=120_000)
+        assert len(built) == 1 and built[0].served_model_name == deployment
+        address = panel.api_address.text()
+        token = panel.api_token.text()
+        assert address == built[0].address and address.startswith("http://127.0.0.1:")
+        assert token and token == (built[0].token.value if built[0].token else None)
+        assert "127.0.0.1 only" in panel.api_note.text()
+        assert SettingsStore().load()["local_api_enabled"] is True
+
+        async def ask(key: str) -> tuple[list[str], str | None]:
+            async with openai.AsyncOpenAI(base_url=address, api_key=key, max_retries=0) as client:
+                models = [m.id async for m in client.models.list()]
+                reply = await client.chat.completions.create(
+                    model=deployment,
+                    messages=[{"role": "user", "content": "Once upon a time,"}],
+                    temperature=0,
+                    max_tokens=8,
+                )
+                return models, reply.choices[0].message.content
+
+        models, text = arun(ask(token), timeout=180)
+        assert models == [deployment]
+        assert text and text.strip()
+        with pytest.raises(openai.AuthenticationError):
+            arun(ask("gd-local-not-the-token"), timeout=60)
+
+        panel.api_checkbox.setChecked(False)
+        qtbot.waitUntil(lambda: panel.server is None and panel.api_address.text() == "")
+        qtbot.waitUntil(lambda: not built[0].running, timeout=30_000)
+        assert panel.api_token.text() == ""
+        assert "local_api_enabled" not in SettingsStore().load()
+        with pytest.raises(openai.APIConnectionError):
+            arun(ask(token), timeout=60)
+    finally:
+        arun(panel.shutdown(), timeout=60)
+        for server in built:
+            assert not server.running
+        shared_engine.remove_state_listener(host._on_engine_state)
+    assert shared_engine.status.state == EngineState.READY
