@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gemma_desktop.core.probe import ProbeReport
 
 _MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}
 
@@ -37,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.outcome is Outcome.READY else 3
 
 
-def _print_table(report: object) -> None:
-    from gemma_desktop.core.probe import ProbeReport
-
-    assert isinstance(report, ProbeReport)
+def _print_table(report: ProbeReport) -> None:
     out = sys.stdout
     out.write(f"Gemma Desktop probe — {report.variant}\n\n")
     title_width = max((len(c.title) for c in report.checks), default=10)
@@ -50,10 +51,6 @@ def _print_table(report: object) -> None:
         )
         if check.hint:
             out.write(f"  {'':<4}  {'':<{title_width}}  → {check.hint}\n")
-    out.write(f"\nOutcome: {report.outcome.value.upper()}")
-    if report.outcome.value != "ready":
-        out.write(f" — {report.reason}\n")
-        if report.hint:
-            out.write(f"Hint: {report.hint}\n")
-    else:
-        out.write(f" — {report.reason}\n")
+    out.write(f"\nOutcome: {report.outcome.value.upper()} — {report.reason}\n")
+    if report.hint:
+        out.write(f"Hint: {report.hint}\n")

@@ -9,11 +9,15 @@ knows which one answers.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from gemma_desktop.core.errors import GemmaDesktopError
+
+log = logging.getLogger(__name__)
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "abort", "error"]
@@ -154,3 +158,55 @@ class Engine(Protocol):
 
     async def shutdown(self) -> None:
         """Stop the engine and every process it started. Safe to call twice."""
+
+
+_E = TypeVar("_E", bound="EngineBase")
+
+
+class EngineBase:
+    """State listeners and the ``async with`` lifetime, shared by the implementations.
+
+    Subclasses implement ``start`` and ``shutdown`` and announce each state
+    change with :meth:`_publish`.
+    """
+
+    def __init__(self, status: EngineStatus) -> None:
+        self._status = status
+        self._listeners: list[StateListener] = []
+
+    @property
+    def status(self) -> EngineStatus:
+        return self._status
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _publish(self, status: EngineStatus) -> None:
+        self._status = status
+        for listener in list(self._listeners):
+            try:
+                listener(status)
+            except Exception:  # a broken listener must not break the engine
+                log.exception("engine state listener failed")
+
+    async def start(self, progress: ProgressListener | None = None) -> None:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: _E) -> _E:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()

@@ -701,9 +701,9 @@ def startup_variant(settings: Settings, report: ProbeReport) -> str:
     nothing was chosen and the default Gemma 4 cannot run here."""
     if settings.model_id.source != "default":
         return settings.model_id.value
-    if report.outcome is Outcome.SKIPPED and report.check("gpu") is not None:
-        gpu = report.check("gpu")
-        vram = report.check("vram")
-        if (gpu and gpu.status is CheckStatus.FAIL) or (vram and vram.status is CheckStatus.FAIL):
-            return BUNDLED_MODEL_ID
+    if report.outcome is Outcome.SKIPPED:
+        for check_id in ("gpu", "vram"):
+            check = report.check(check_id)
+            if check is not None and check.status is CheckStatus.FAIL:
+                return BUNDLED_MODEL_ID
     return settings.model_id.value

@@ -41,7 +41,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -50,6 +49,7 @@ import httpx
 from gemma_desktop.core.bundled import BASE_CHAT_TEMPLATE, BASE_STOP_STRINGS
 from gemma_desktop.core.engine import (
     ChatMessage,
+    EngineBase,
     EngineDeadError,
     EngineError,
     EngineState,
@@ -60,7 +60,6 @@ from gemma_desktop.core.engine import (
     ResponseStats,
     SamplingOptions,
     StartProgress,
-    StateListener,
     StreamEnd,
     StreamItem,
     TextDelta,
@@ -390,7 +389,7 @@ class _Aborted:
 _Event = _Opened | _Chunk | _Done | _Failed | _Broken | _Aborted
 
 
-class RemoteEngine:
+class RemoteEngine(EngineBase):
     """An :class:`~gemma_desktop.core.engine.Engine` backed by a ``vllm serve`` server.
 
     ``model`` may be left out: the server's first model is used. State
@@ -416,17 +415,12 @@ class RemoteEngine:
         self._client: httpx.AsyncClient | None = None
         self._models: list[RemoteModel] = []
         self._mode: ApiMode = "chat"
-        self._status = EngineStatus(EngineState.NOT_STARTED, model_id=model)
-        self._listeners: list[StateListener] = []
+        super().__init__(EngineStatus(EngineState.NOT_STARTED, model_id=model))
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
 
     # -- protocol: state ------------------------------------------------------------------
-
-    @property
-    def status(self) -> EngineStatus:
-        return self._status
 
     @property
     def model_id(self) -> str:
@@ -454,40 +448,16 @@ class RemoteEngine:
         """Use another key from the next request on (after a 401, say)."""
         self._api_key = api_key.strip() if api_key else None
 
-    def add_state_listener(self, listener: StateListener) -> None:
-        self._listeners.append(listener)
-
-    def remove_state_listener(self, listener: StateListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     def _set_state(self, state: EngineState, detail: str = "", hint: str = "") -> None:
-        self._status = EngineStatus(
-            state, detail, self.model_id or None, hint, {"base_url": self.base_url}
+        self._publish(
+            EngineStatus(state, detail, self.model_id or None, hint, {"base_url": self.base_url})
         )
-        for listener in list(self._listeners):
-            try:
-                listener(self._status)
-            except Exception:  # a broken listener must not break the engine
-                log.exception("engine state listener failed")
 
     def _mark_unreachable(self, error: GemmaDesktopError) -> None:
         if self._status.state not in (EngineState.CRASHED, EngineState.STOPPED):
             self._set_state(EngineState.CRASHED, error.reason, error.hint)
 
     # -- lifetime -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> RemoteEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
 
     async def start(self, progress: ProgressListener | None = None) -> None:
         """Connect: list the server's models and pick ours; nothing loads locally."""

@@ -38,13 +38,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from gemma_desktop.core import paths
 from gemma_desktop.core.catalog import fallback_variant
 from gemma_desktop.core.engine import (
     ChatMessage,
+    EngineBase,
     EngineDeadError,
     EngineError,
     EngineState,
@@ -54,7 +54,6 @@ from gemma_desktop.core.engine import (
     ResponseStats,
     SamplingOptions,
     StartProgress,
-    StateListener,
     StreamEnd,
     StreamItem,
     TextDelta,
@@ -171,19 +170,18 @@ def _wait_for_vllm() -> None:
 # --- the engine -------------------------------------------------------------------
 
 
-class VllmEngine:
+class VllmEngine(EngineBase):
     """An :class:`~gemma_desktop.core.engine.Engine` running vLLM in this process.
 
     State listeners are called on the event loop's thread.
     """
 
     def __init__(self, config: EngineConfig) -> None:
+        super().__init__(EngineStatus(EngineState.NOT_STARTED, model_id=config.model_id))
         self.config = config
         self._llm: Any = None
         self._tokenizer: Any = None
         self._max_model_len: int | None = config.max_model_len
-        self._status = EngineStatus(EngineState.NOT_STARTED, model_id=config.model_id)
-        self._listeners: list[StateListener] = []
         self._active: set[str] = set()
         self._engine_pids: set[int] = set()
         self._monitor: asyncio.Task[None] | None = None
@@ -191,10 +189,6 @@ class VllmEngine:
         self.start_time_s: float | None = None
 
     # -- protocol: state ---------------------------------------------------------
-
-    @property
-    def status(self) -> EngineStatus:
-        return self._status
 
     @property
     def model_id(self) -> str:
@@ -210,34 +204,10 @@ class VllmEngine:
         """Process ids of the EngineCore processes this engine started."""
         return frozenset(self._engine_pids)
 
-    def add_state_listener(self, listener: StateListener) -> None:
-        self._listeners.append(listener)
-
-    def remove_state_listener(self, listener: StateListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     def _set_state(self, state: EngineState, detail: str = "", hint: str = "") -> None:
-        self._status = EngineStatus(state, detail, self.config.model_id, hint)
-        for listener in list(self._listeners):
-            try:
-                listener(self._status)
-            except Exception:  # a broken listener must not break the engine
-                log.exception("engine state listener failed")
+        self._publish(EngineStatus(state, detail, self.config.model_id, hint))
 
     # -- lifetime ------------------------------------------------------------------
-
-    async def __aenter__(self) -> VllmEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
 
     async def start(self, progress: ProgressListener | None = None) -> None:
         """Import vLLM and build the engine on worker threads; the loop stays free."""
