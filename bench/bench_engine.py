@@ -46,14 +46,14 @@ TARGETS = {
 
 def _engine_config() -> Any:
     sys.path.insert(0, str(REPO))
-    from gemma_desktop.core.bundled import provision_bundled_model
-    from gemma_desktop.core.catalog import VariantCatalog
-    from gemma_desktop.core.engine_config import EngineConfig
+    from gemma_desktop.core.engine.assembly import MachineFacts, local_config
+    from gemma_desktop.core.models.bundled import provision_bundled_model
+    from gemma_desktop.core.models.catalog import VariantCatalog
     from gemma_desktop.core.settings import load_settings
 
     path = provision_bundled_model()
-    return EngineConfig.build(
-        load_settings(env={}), VariantCatalog().bundled, total_vram_gb=None, model_path=path
+    return local_config(
+        load_settings(env={}), VariantCatalog().bundled, MachineFacts.cpu(), model_path=path
     )
 
 
@@ -178,8 +178,8 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
         return sorted((b - a for a, b in itertools.pairwise(inside)), reverse=True)
 
     async def main() -> dict[str, Any]:
-        from gemma_desktop.core.engine import ChatMessage, SamplingOptions, TextDelta
-        from gemma_desktop.core.vllm_engine import VllmEngine, preload_vllm
+        from gemma_desktop.core.engine.protocol import ChatMessage, SamplingOptions, TextDelta
+        from gemma_desktop.core.engine.vllm_local import VllmEngine, preload_vllm
 
         timer.start()
         await _sleep(0.2)
@@ -210,7 +210,7 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
         finally:
             await engine.shutdown()
         assert first is not None and end is not None
-        from gemma_desktop.core import vllm_engine
+        from gemma_desktop.core.engine.protocol import vllm_local as vllm_engine
 
         imported = vllm_engine.import_finished_at or began
         start_gaps = gaps_between(began, ready)

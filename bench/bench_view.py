@@ -185,7 +185,7 @@ async def paste(window: Any) -> dict[str, float]:
 
 async def engine_stream(app: Any) -> dict[str, Any]:
     """The real engine (bundled model) streaming into the real window."""
-    from gemma_desktop.core.engine import EngineState
+    from gemma_desktop.core.engine.protocol import EngineState
 
     began = time.perf_counter()
     await app.host.start()
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gemma_desktop.app import GemmaDesktopApp
     from gemma_desktop.ui import theme
-    from gemma_desktop.ui.chat_view import TranscriptView
+    from gemma_desktop.ui.chat.transcript import TranscriptView
     from gemma_desktop.ui.loop import create_loop
 
     qapp = QApplication.instance() or QApplication([sys.argv[0]])

@@ -103,7 +103,7 @@ cat > "$DEST/gemma-desktop-gui" <<'LAUNCHER'
 #!/bin/sh
 # Gemma Desktop window (bundle launcher); start-up errors go to a log and a dialog.
 HERE=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
-exec "$HERE/venv/bin/python" -m gemma_desktop.ui.launch "$@"
+exec "$HERE/venv/bin/python" -m gemma_desktop.launch "$@"
 LAUNCHER
 cat > "$DEST/install-desktop-entry.sh" <<'LAUNCHER'
 #!/bin/sh

@@ -41,6 +41,7 @@ pytest_plugins = [
         "tests.fixtures.fakehub",
         "tests.fixtures.keyring",
         "tests.fixtures.display",
+        "tests.fixtures.app",
     )
     if importlib.util.find_spec(name) is not None
 ]

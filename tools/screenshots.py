@@ -120,14 +120,14 @@ class Shooter:
 
 
 def gpu_reader() -> list[Any]:
-    from gemma_desktop.core.gpu import GpuInfo
+    from gemma_desktop.core.machine.gpu import GpuInfo
 
     return [GpuInfo(0, "NVIDIA GeForce RTX 4090", 23.99, 22.7, "550.54.15", "12.4", (8, 9))]
 
 
 async def scene_probe_ready(s: Shooter) -> None:
     """Injected GPU readings and the CUDA build of vLLM."""
-    from gemma_desktop.core import probe
+    from gemma_desktop.core.machine import probe
 
     real = probe.vllm_distribution
     probe.vllm_distribution = lambda: ("cuda", "0.11.0")  # type: ignore[assignment]
@@ -194,7 +194,7 @@ async def scene_chat(s: Shooter, dark: bool) -> None:
     """A chat mid-stream: the view's public slots receive the answer's text deltas."""
     import re
 
-    from gemma_desktop.core.engine import EngineState, EngineStatus
+    from gemma_desktop.core.engine.protocol import EngineState, EngineStatus
     from gemma_desktop.ui import theme
 
     theme.apply_theme(s.qapp, theme.DARK if dark else theme.LIGHT)
@@ -228,17 +228,17 @@ async def scene_chat(s: Shooter, dark: bool) -> None:
 
 async def scene_crashed(s: Shooter) -> None:
     """An engine whose model folder is missing: the real start-up failure path."""
-    from gemma_desktop.core.engine_config import EngineConfig
+    from gemma_desktop.core.engine.assembly import MachineFacts, local_config
+    from gemma_desktop.core.engine.vllm_local import VllmEngine
     from gemma_desktop.core.settings import load_settings
-    from gemma_desktop.core.vllm_engine import VllmEngine
 
     async def broken_factory(variant_id: str, progress: Callable[..., None]) -> Any:
-        from gemma_desktop.core.catalog import VariantCatalog
+        from gemma_desktop.core.models.catalog import VariantCatalog
 
         missing = Path(tempfile.mkdtemp()) / "gemma-3-270m"
         return VllmEngine(
-            EngineConfig.build(
-                load_settings(), VariantCatalog().bundled, total_vram_gb=None, model_path=missing
+            local_config(
+                load_settings(), VariantCatalog().bundled, MachineFacts.cpu(), model_path=missing
             )
         )
 

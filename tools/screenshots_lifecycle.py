@@ -80,13 +80,16 @@ async def shoot(out: Path) -> None:
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QLabel, QMainWindow
 
-    from gemma_desktop.core.catalog import BUNDLED_MODEL_ID
-    from gemma_desktop.core.engine import EngineError, StartProgress
+    from gemma_desktop.core.engine.protocol import EngineError, StartProgress
+    from gemma_desktop.core.machine.probe import ProbeService
+    from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID, VariantCatalog
+    from gemma_desktop.core.models.downloads import DownloadManager
+    from gemma_desktop.core.secrets import TokenStore
     from gemma_desktop.core.settings import SettingsStore
-    from gemma_desktop.core.tokens import TokenStore
+    from gemma_desktop.ui.app_state import AppState
     from gemma_desktop.ui.engine_host import EngineHost
+    from gemma_desktop.ui.setup.wizard import SetupWizard
     from gemma_desktop.ui.tray import Tray
-    from gemma_desktop.ui.wizard import SetupWizard
 
     never = asyncio.Event()
 
@@ -96,7 +99,14 @@ async def shoot(out: Path) -> None:
         raise EngineError("The screenshot run ends here.", "")
 
     host = EngineHost(slow_factory, BUNDLED_MODEL_ID)
-    wizard = SetupWizard(host=host, store=SettingsStore(), token_store=TokenStore())
+    wizard = SetupWizard(
+        host=host,
+        state=AppState(SettingsStore(), ProbeService()),
+        token_store=TokenStore(),
+        download_manager=DownloadManager(),
+        catalog=VariantCatalog(),
+        session_keys={},
+    )
     wizard.move(60, 60)
     wizard.show()
 
@@ -150,7 +160,9 @@ async def shoot(out: Path) -> None:
     window.resize(400, 200)
     window.move(200, 300)
     window.show()
-    tray = Tray(window, EngineHost(None, BUNDLED_MODEL_ID), quit_app=lambda: None).install()
+    tray = Tray(
+        window, EngineHost(None, BUNDLED_MODEL_ID), store=SettingsStore(), quit_app=lambda: None
+    ).install()
     if not tray.available:
         print("no system tray on this display: skipping tray-menu.png", file=sys.stderr)
         return

@@ -5,16 +5,18 @@ gets one JSON object per line: ``{"type": "delta", "text": ...}`` for each
 step, then one ``{"type": "stats", ...}``. Ctrl-C stops the answer inside the
 engine, shuts the engine down and exits with 130.
 
-Without ``--variant`` the bundled Gemma 3 270M is used on a machine without an
-NVIDIA GPU (provisioned on first use, progress on stderr) and the configured
-model otherwise. Runs on a plain asyncio loop; no Qt is loaded.
+Without ``--variant`` it runs the model the window would start here (the same
+probe and rule, :func:`gemma_desktop.core.machine.probe.decide_startup`): the
+configured one, or the bundled Gemma 3 270M when nothing was chosen and the
+default Gemma 4 cannot run (provisioned on first use, progress on stderr). The
+engine is built by :mod:`gemma_desktop.core.engine.assembly`, as the window's is.
+Runs on a plain asyncio loop; no Qt is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--variant",
         metavar="ID",
-        help="model to run (default: the bundled model without a GPU, else the configured one)",
+        help="model to run (default: the one the app would start on this machine)",
     )
     parser.add_argument(
         "--max-tokens", type=int, default=256, metavar="N", help="longest answer (256)"
@@ -40,26 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per line: deltas, then stats"
     )
-
-
-def _gpu_total_vram_gb() -> float | None:
-    """Total memory of the first NVIDIA GPU in GB, or ``None`` without one."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no library: no CUDA GPU
-        return None
-    try:
-        if pynvml.nvmlDeviceGetCount() < 1:
-            return None
-        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
-        return float(info.total) / 1e9
-    except Exception:
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
 
 
 def _error(exc: Exception, err: TextIO) -> int:
@@ -75,7 +57,7 @@ def _error(exc: Exception, err: TextIO) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gemma_desktop.core.vllm_engine import preload_vllm
+    from gemma_desktop.core.engine.vllm_local import preload_vllm
 
     preload_vllm("ERROR")  # the import overlaps with settings, probe and provisioning
     from gemma_desktop.core.errors import GemmaDesktopError
@@ -98,37 +80,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _chat(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
-    from gemma_desktop.core.bundled import provision_bundled_model_async
-    from gemma_desktop.core.catalog import VariantCatalog
-    from gemma_desktop.core.engine import ChatMessage, SamplingOptions, StreamEnd, TextDelta
-    from gemma_desktop.core.engine_config import EngineConfig
+    from gemma_desktop.core.engine.assembly import EngineAssembly, MachineFacts
+    from gemma_desktop.core.engine.protocol import (
+        ChatMessage,
+        SamplingOptions,
+        StartProgress,
+        StreamEnd,
+        TextDelta,
+    )
+    from gemma_desktop.core.machine.probe import ProbeService, decide_startup
+    from gemma_desktop.core.models.catalog import VariantCatalog
     from gemma_desktop.core.settings import load_settings
-    from gemma_desktop.core.vllm_engine import VllmEngine
 
     out, err = sys.stdout, sys.stderr
     settings = load_settings()
     for warning in settings.warnings:
         print(f"warning: {warning.message}", file=err)
     catalog = VariantCatalog()
-    vram = await loop.run_in_executor(None, _gpu_total_vram_gb)
-    if args.variant:
-        variant = catalog.get(args.variant)
-    elif vram is None:
-        variant = catalog.bundled
-    else:
-        variant = catalog.get(settings.model_id.value)
+    # The same probe and the same start-up rule as the window.
+    report = await loop.run_in_executor(None, ProbeService().run, settings, args.variant)
+    variant = catalog.get(args.variant or decide_startup(settings, report).variant_id)
 
-    model_path = None
-    if variant.is_bundled:
-        model_path = await provision_bundled_model_async(
-            lambda step: print(
-                f"[provisioning bundled model] {step.message} ({step.fraction:.0%})",
-                file=err,
-                flush=True,
-            )
-        )
-    config = EngineConfig.build(settings, variant, total_vram_gb=vram, model_path=model_path)
-    engine = VllmEngine(config)
+    def on_progress(step: StartProgress) -> None:
+        fraction = f" ({step.fraction:.0%})" if step.fraction is not None else ""
+        print(f"[{step.message}]{fraction}", file=err, flush=True)
+
+    engine = await EngineAssembly(catalog).local(
+        variant.id, settings, MachineFacts.from_report(report), on_progress
+    )
     interrupted = False
     request_id: str | None = None
     main_task = asyncio.current_task()
@@ -161,7 +140,7 @@ async def _chat(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> in
                 else:
                     out.write(item.text)
                 out.flush()
-            else:
+            elif isinstance(item, StreamEnd):
                 end = item
         assert end is not None
         _print_stats(end, args.json, out, err)

@@ -25,11 +25,13 @@ import sys
 from pathlib import Path
 
 from gemma_desktop import APP_ID, APP_NAME
+from gemma_desktop.core.fsutil import atomic_copy, atomic_write
+from gemma_desktop.core.paths import ICONS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "packaging" / f"{APP_ID}.desktop.in"
 ICON_SET = REPO_ROOT / "packaging" / "icons" / "hicolor"
-ICON_SOURCE = REPO_ROOT / "resources" / "icons" / "app.svg"
+ICON_SOURCE = ICONS_DIR / "app.svg"
 PNG_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 #: Characters that make an ``Exec`` argument need quotes (Desktop Entry spec, "Exec key").
 _RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
@@ -143,10 +145,10 @@ def install(home: Path, program: list[str]) -> list[Path]:
     written: list[Path] = []
     for size_dir, source in icon_files():
         target = home / "icons" / "hicolor" / size_dir / "apps" / f"{APP_ID}{source.suffix}"
-        _atomic_copy(source, target)
+        atomic_copy(source, target)
         written.append(target)
     entry = desktop_file_path(home)
-    _atomic_write(entry, render_entry(program))
+    atomic_write(entry, render_entry(program))
     entry.chmod(0o755)  # some desktops only trust executable launchers on the desktop
     written.append(entry)
     _refresh_caches(home)
@@ -164,20 +166,6 @@ def uninstall(home: Path) -> list[Path]:
     return removed
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-
-
-def _atomic_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 def _refresh_caches(home: Path) -> None:
     """Best effort: desktops also notice the files without these."""
     for tool, args in (
@@ -190,7 +178,7 @@ def _refresh_caches(home: Path) -> None:
 
 
 def _not_linux_message() -> str:
-    from gemma_desktop.ui.launch import platform_notice
+    from gemma_desktop.launch import platform_notice
 
     notice = platform_notice() or ""
     where = "the Start menu" if sys.platform == "win32" else "the Dock"

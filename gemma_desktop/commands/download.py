@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from gemma_desktop.core.downloads import DownloadProgress
+    from gemma_desktop.core.models.downloads import DownloadProgress
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -46,7 +46,7 @@ class _TerminalBar:
         self._drawn = False
 
     def __call__(self, p: DownloadProgress) -> None:
-        from gemma_desktop.core.downloads import format_bytes, format_eta
+        from gemma_desktop.core.models.downloads import format_bytes, format_eta
 
         if p.message and p.message != self._last_message and p.phase != "verifying":
             self._print_line(p.message)
@@ -121,14 +121,14 @@ def run(args: argparse.Namespace) -> int:
 
     from huggingface_hub.utils import logging as hf_logging
 
-    from gemma_desktop.core.downloads import (
+    from gemma_desktop.core.errors import GemmaDesktopError
+    from gemma_desktop.core.models.downloads import (
         DownloadCancelledError,
         DownloadManager,
         DownloadResult,
         format_bytes,
         wait_for_transfers,
     )
-    from gemma_desktop.core.errors import GemmaDesktopError
     from gemma_desktop.core.settings import load_settings
 
     # huggingface_hub's "Trying to resume download..." warning becomes a progress

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gemma_desktop.core.probe import ProbeReport
+    from gemma_desktop.core.machine.probe import ProbeReport
 
 _MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gemma_desktop.core.probe import Outcome, run_probe
+    from gemma_desktop.core.machine.probe import Outcome, run_probe
 
     # Unreadable settings or an unsupported ATOMR_INFER_GEMMA_MODEL come back
     # as an ``error`` report rather than an exception.

@@ -1,4 +1,4 @@
 """Qt-free logic of Gemma Desktop: catalog, settings, probe, engine, downloads, history.
 
-Nothing under this package may import Qt; ``tests/unit/test_layering.py`` enforces it.
+Nothing under this package may import Qt; ``tests/test_layering.py`` enforces it.
 """

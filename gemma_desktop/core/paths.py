@@ -1,53 +1,57 @@
-"""Where the app keeps its files, following each platform's conventions.
+"""Where the app keeps its files, following each platform's conventions (platformdirs).
 
-Every location can be redirected with the usual XDG variables (the tests use
-that to keep each run in a temporary directory).
+On Linux every location follows the XDG variables (``XDG_CONFIG_HOME``,
+``XDG_DATA_HOME``, ``XDG_STATE_HOME``, ``XDG_RUNTIME_DIR``), read at each
+call, so the tests can keep each run in a temporary directory. The Hugging
+Face locations follow huggingface_hub's own rules without importing it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gemma_desktop import APP_ID
 
+if TYPE_CHECKING:
+    import platformdirs
 
-def _xdg(var: str, fallback: str) -> Path:
-    value = os.environ.get(var, "").strip()
-    return Path(value) if value else Path.home() / fallback
+#: ``resources/`` beside the package (source checkout and editable installs).
+RESOURCES_DIR = Path(__file__).resolve().parents[2] / "resources"
+#: The app's SVG icons (``<name>.svg``), for the windows, the tray and the desktop entry.
+ICONS_DIR = RESOURCES_DIR / "icons"
+
+
+def _dirs() -> platformdirs.PlatformDirs:
+    # A new object per call: platformdirs reads the environment when asked.
+    import platformdirs
+
+    return platformdirs.PlatformDirs(APP_ID, appauthor=False, roaming=False)
 
 
 def config_dir() -> Path:
     """User settings (``settings.json``)."""
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", Path.home())) / APP_ID
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / APP_ID
-    return _xdg("XDG_CONFIG_HOME", ".config") / APP_ID
+    return Path(_dirs().user_config_dir)
 
 
 def data_dir() -> Path:
     """Conversation history and the provisioned bundled model."""
-    if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / APP_ID
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / APP_ID
-    return _xdg("XDG_DATA_HOME", ".local/share") / APP_ID
+    return Path(_dirs().user_data_dir)
 
 
 def state_dir() -> Path:
     """Logs and other files worth keeping across runs but not backing up."""
-    if sys.platform == "win32":
-        return data_dir() / "state"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Logs" / APP_ID
-    return _xdg("XDG_STATE_HOME", ".local/state") / APP_ID
+    return Path(_dirs().user_state_dir)
 
 
 def runtime_dir() -> Path:
-    """Sockets and lock files that live as long as the session."""
+    """Sockets and lock files that live as long as the session.
+
+    ``$XDG_RUNTIME_DIR/gemma-desktop``; without that variable (no login
+    session) a folder in the state dir, never a shared ``/tmp`` path.
+    """
     value = os.environ.get("XDG_RUNTIME_DIR", "").strip()
     return Path(value) / APP_ID if value else state_dir() / "run"
 

@@ -13,20 +13,21 @@ import json
 import math
 import os
 import re
-import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from gemma_desktop.core import paths
-from gemma_desktop.core.catalog import (
+from gemma_desktop.core.errors import SettingsError, UnsupportedVariantError
+from gemma_desktop.core.fsutil import FileLock, atomic_write
+from gemma_desktop.core.models.catalog import (
     DEFAULT_DEPLOYMENT_NAME,
     DEFAULT_MODEL_ID,
     supported_list,
     validate_variant,
 )
-from gemma_desktop.core.errors import SettingsError, UnsupportedVariantError
 
 T = TypeVar("T")
 Source = Literal["default", "saved", "env"]
@@ -36,6 +37,9 @@ ENV_MODEL = "ATOMR_INFER_GEMMA_MODEL"
 ENV_DEPLOYMENT = "ATOMR_INFER_GEMMA_DEPLOYMENT"
 ENV_GPU_UTIL = "ATOMR_INFER_GEMMA_GPU_UTIL"
 ENV_MAX_LEN = "ATOMR_INFER_GEMMA_MAX_LEN"
+#: The app's additions to the seed's variables.
+ENV_TEXT_ONLY = "ATOMR_INFER_GEMMA_TEXT_ONLY"
+ENV_CPU_OFFLOAD = "ATOMR_INFER_GEMMA_CPU_OFFLOAD_GB"
 
 DEFAULT_GPU_UTIL = 0.5
 #: Bounds of ``max_model_len``: below 128 tokens no chat fits; above 2**20 no
@@ -80,6 +84,10 @@ class Settings:
     max_model_len: Setting[int | None]
     auto_start: Setting[bool]
     quiet: Setting[bool]
+    #: Only text: the image, audio and video encoders are not loaded (less memory, faster start).
+    text_only: Setting[bool]
+    #: GiB of weights vLLM keeps in RAM instead of VRAM; ``None``: the app's rule decides.
+    cpu_offload_gb: Setting[float | None]
     hf_home: Setting[Path]
     hf_hub_cache: Setting[Path]
     hf_token_in_env: bool
@@ -97,6 +105,8 @@ class Settings:
             "max_model_len",
             "auto_start",
             "quiet",
+            "text_only",
+            "cpu_offload_gb",
             "hf_home",
             "hf_hub_cache",
         ):
@@ -144,6 +154,34 @@ def parse_gpu_util(value: str) -> float | None:
     return number
 
 
+#: Largest ``cpu_offload_gb`` accepted: no workstation has more RAM to offload into.
+MAX_CPU_OFFLOAD_GB = 1024.0
+
+
+def parse_switch(value: str) -> bool | None:
+    """``True`` / ``False`` for the on and off words (any case), ``None`` for anything else."""
+    word = value.strip().lower()
+    if word in ON_WORDS:
+        return True
+    if word in OFF_WORDS:
+        return False
+    return None
+
+
+def parse_offload(value: str) -> float | str | None:
+    """GiB to offload (0 to :data:`MAX_CPU_OFFLOAD_GB`), ``None`` for ``auto``, or ``"bad"``."""
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return "bad"
+    if not math.isfinite(number) or not 0.0 <= number <= MAX_CPU_OFFLOAD_GB:
+        return "bad"
+    return number
+
+
 def parse_max_len(value: str) -> int | None:
     """A whole number of tokens within :data:`MAX_LEN_RANGE`, or ``None``."""
     text = value.strip()
@@ -160,16 +198,29 @@ def parse_max_len(value: str) -> int | None:
 class SettingsStore:
     """The user's saved settings, a JSON object in the platform config dir.
 
-    Writes are atomic (temporary file + rename) so a crash never leaves half a
-    file. Secrets never go here: the token lives in the keyring.
+    Writes are atomic (:func:`~gemma_desktop.core.fsutil.atomic_write`), and
+    :meth:`update` is a read-modify-write under a lock file beside the
+    settings (``store.lock``), so concurrent updates from threads and
+    from other processes never lose each other's keys. A file that does not
+    parse is moved aside (kept as ``settings.json.broken-<time>``, never
+    deleted) the first time it is read, and reported. Secrets never go here:
+    the token lives in the keyring.
     """
 
     FORBIDDEN_KEYS = frozenset({"hf_token", "token", "api_key"})
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.config_dir() / "settings.json"
+        self.lock_path = self.path.with_name("store.lock")
+        #: The problem found the last time the file was read (moved aside, unreadable).
+        self.problem: SettingsWarning | None = None
 
     def load(self) -> dict[str, Any]:
+        """The saved settings (``{}`` when there are none, or after moving a broken file aside).
+
+        Raises :class:`SettingsError` only when the file exists but cannot be
+        read at all (permissions).
+        """
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -182,16 +233,29 @@ class SettingsStore:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SettingsError(
-                f"Settings file {self.path} is not valid JSON (line {exc.lineno}).",
-                "Fix or delete the file; the app then starts from defaults.",
-            ) from exc
+            return self._move_aside(f"is not valid JSON (line {exc.lineno})")
         if not isinstance(data, dict):
-            raise SettingsError(
-                f"Settings file {self.path} does not hold a JSON object.",
-                "Delete the file; the app then starts from defaults.",
-            )
+            return self._move_aside("does not hold a JSON object")
         return data
+
+    def _move_aside(self, problem: str) -> dict[str, Any]:
+        with FileLock(self.lock_path):
+            if not self.path.exists():  # another thread or process moved it already
+                return {}
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
+            counter = 1
+            while aside.exists():
+                counter += 1
+                aside = self.path.with_name(f"{self.path.name}.broken-{stamp}-{counter}")
+            os.replace(self.path, aside)
+        self.problem = SettingsWarning(
+            "settings.json",
+            str(self.path),
+            "the defaults",
+            f"{problem}; it was moved to {aside.name} (kept, not deleted)",
+        )
+        return {}
 
     def save(self, data: Mapping[str, Any]) -> None:
         bad = self.FORBIDDEN_KEYS.intersection(data)
@@ -200,28 +264,28 @@ class SettingsStore:
                 f"Refusing to write secret key(s) {sorted(bad)} to the settings file.",
                 "Secrets belong in the keyring.",
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".settings-", dir=self.path.parent)
+        text = json.dumps(dict(data), indent=2, sort_keys=True) + "\n"
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(dict(data), handle, indent=2, sort_keys=True)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            atomic_write(self.path, text)
+        except OSError as exc:
+            raise SettingsError(
+                f"Could not save settings to {self.path}: {exc.strerror}",
+                "Free disk space or fix the folder's permissions; nothing was changed.",
+            ) from exc
 
     def update(self, **changes: Any) -> dict[str, Any]:
-        """Merge ``changes`` into the saved file; a ``None`` value removes the key."""
-        data = self.load()
-        for key, value in changes.items():
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-        self.save(data)
+        """Merge ``changes`` into the saved file; a ``None`` value removes the key.
+
+        One atomic read-modify-write across threads and processes.
+        """
+        with FileLock(self.lock_path):
+            data = self.load()
+            for key, value in changes.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            self.save(data)
         return data
 
 
@@ -231,22 +295,52 @@ class SettingsStore:
 def load_settings(
     env: Mapping[str, str] | None = None,
     store: SettingsStore | None = None,
+    *,
+    strict: bool = True,
 ) -> Settings:
     """Defaults, then saved values, then environment overrides.
 
-    Raises :class:`UnsupportedVariantError` when ``ATOMR_INFER_GEMMA_MODEL``
-    names a model outside the catalog (fail fast, like the seed), and
-    :class:`SettingsError` when the saved file is unreadable.
+    With ``strict`` (the command line, like the seed) an
+    ``ATOMR_INFER_GEMMA_MODEL`` outside the catalog raises
+    :class:`UnsupportedVariantError`, and an unreadable settings file
+    :class:`SettingsError`. Without it (the window) neither raises: each
+    becomes a warning naming the problem, and the saved choice (or the
+    default) is used. A settings file that does not parse is moved aside and
+    reported either way.
     """
     env = os.environ if env is None else env
-    saved = (store or SettingsStore()).load()
+    store = store or SettingsStore()
     warnings: list[SettingsWarning] = []
+    try:
+        saved = store.load()
+    except SettingsError as exc:
+        if strict:
+            raise
+        saved = {}
+        warnings.append(
+            SettingsWarning("settings.json", str(store.path), "the defaults", exc.reason)
+        )
+    if store.problem is not None:
+        warnings.append(store.problem)
 
     model = _saved_model(saved, warnings)
     env_model = env_string(env, ENV_MODEL)
     if env_model is not None:
-        validate_variant(env_model)
-        model = Setting(env_model, "env", ENV_MODEL)
+        try:
+            validate_variant(env_model)
+        except UnsupportedVariantError:
+            if strict:
+                raise
+            warnings.append(
+                SettingsWarning(
+                    ENV_MODEL,
+                    env_model,
+                    model.value,
+                    f"is not a supported model (supported: {supported_list()})",
+                )
+            )
+        else:
+            model = Setting(env_model, "env", ENV_MODEL)
 
     deployment: Setting[str] = Setting(DEFAULT_DEPLOYMENT_NAME, "default")
     saved_deployment = saved.get("deployment_name")
@@ -324,6 +418,46 @@ def load_settings(
                 )
             )
 
+    text_only: Setting[bool] = Setting(False, "default")
+    if isinstance(saved.get("text_only"), bool):
+        text_only = Setting(bool(saved["text_only"]), "saved")
+    env_text_only = env_string(env, ENV_TEXT_ONLY)
+    if env_text_only is not None:
+        switch = parse_switch(env_text_only)
+        if switch is None:
+            warnings.append(
+                SettingsWarning(
+                    ENV_TEXT_ONLY,
+                    env_text_only,
+                    "on" if text_only.value else "off",
+                    "is not a known word (on: 1, true, yes, on; off: 0, false, no, off)",
+                )
+            )
+        else:
+            text_only = Setting(switch, "env", ENV_TEXT_ONLY)
+
+    offload: Setting[float | None] = Setting(None, "default")
+    saved_offload = saved.get("cpu_offload_gb")
+    if isinstance(saved_offload, (int, float)) and not isinstance(saved_offload, bool):
+        parsed_saved = parse_offload(str(saved_offload))
+        if not isinstance(parsed_saved, str):
+            offload = Setting(parsed_saved, "saved")
+    env_offload = env_string(env, ENV_CPU_OFFLOAD)
+    if env_offload is not None:
+        parsed_offload = parse_offload(env_offload)
+        if isinstance(parsed_offload, str):
+            used = "the app's rule" if offload.value is None else f"{offload.value:g}"
+            warnings.append(
+                SettingsWarning(
+                    ENV_CPU_OFFLOAD,
+                    env_offload,
+                    used,
+                    f"is not 'auto' or a number of GiB from 0 to {MAX_CPU_OFFLOAD_GB:g}",
+                )
+            )
+        else:
+            offload = Setting(parsed_offload, "env", ENV_CPU_OFFLOAD)
+
     home_source: Source = "env" if env_string(env, "HF_HOME") else "default"
     cache_source: Source = (
         "env" if env_string(env, "HF_HUB_CACHE") or env_string(env, "HF_HOME") else "default"
@@ -335,6 +469,8 @@ def load_settings(
         max_model_len=max_len,
         auto_start=auto,
         quiet=quiet,
+        text_only=text_only,
+        cpu_offload_gb=offload,
         hf_home=Setting(
             paths.hf_home(env), home_source, "HF_HOME" if home_source == "env" else None
         ),

@@ -8,8 +8,25 @@ question is shown with ``open()`` and its answer awaited through the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Protocol
 
 from PySide6.QtWidgets import QMessageBox, QWidget
+
+
+class AskFunction(Protocol):
+    """The signature of :func:`ask` (panels take one, so tests can answer for the user)."""
+
+    def __call__(
+        self,
+        parent: QWidget | None,
+        title: str,
+        text: str,
+        *,
+        informative: str = "",
+        yes_text: str = "Yes",
+        no_text: str = "Cancel",
+    ) -> Awaitable[bool]: ...
 
 
 async def ask(

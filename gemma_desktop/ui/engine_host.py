@@ -1,9 +1,11 @@
 """The engine the window talks to, and its life: start, restart, switch model, stop.
 
-:class:`EngineHost` holds at most one :class:`~gemma_desktop.core.engine.Engine`.
+:class:`EngineHost` holds at most one :class:`~gemma_desktop.core.engine.protocol.Engine`.
 It never builds one itself: ``app.py`` passes an *engine factory* (an async
-callable ``(variant_id, progress) -> Engine``) that may first prepare the model
-(the bundled model is converted on first use) and reports what it is doing.
+callable ``(variant_id, progress) -> Engine``; the app's waits for the probe's
+report, then asks :mod:`gemma_desktop.core.engine.assembly`) that may first
+prepare the model (the bundled model is converted on first use) and reports
+what it is doing.
 
 Signals:
     status_changed(EngineStatus): the engine's state, also while none exists yet
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from gemma_desktop.core.engine import (
+from gemma_desktop.core.engine.protocol import (
     Engine,
     EngineError,
     EngineState,
@@ -57,7 +59,6 @@ class EngineHost(QObject):
         self._owns_engine = True
         self._status = EngineStatus(EngineState.NOT_STARTED, model_id=variant_id)
         self._lock = asyncio.Lock()
-        self._task: asyncio.Future[None] | None = None
 
     # --- state -------------------------------------------------------------------
 
@@ -118,13 +119,6 @@ class EngineHost(QObject):
             )
 
     # --- actions (each returns when done; the UI schedules them as tasks) ----------
-
-    def schedule(self, coro: Awaitable[None]) -> asyncio.Future[None]:
-        """Run an action as a task; failures are already shown through the status."""
-        task = asyncio.ensure_future(coro)
-        self._task = task
-        task.add_done_callback(_log_failure)
-        return task
 
     async def start(self) -> None:
         """Build the engine for the current variant (if needed) and start it."""
@@ -206,14 +200,3 @@ class EngineHost(QObject):
             if self._engine is not None and self._owns_engine:
                 await self._engine.shutdown()
             self._engine = None
-
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        # Expected failures end up in the status; anything else is a bug for the crash handler.
-        task.get_loop().call_exception_handler(
-            {"message": "An engine action failed unexpectedly", "exception": exc, "future": task}
-        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,28 +29,28 @@ from PySide6.QtWidgets import (
 )
 
 from gemma_desktop import APP_NAME, __version__
-from gemma_desktop.core.catalog import VariantCatalog
-from gemma_desktop.core.engine import EngineState, EngineStatus
-from gemma_desktop.core.errors import GemmaDesktopError
-from gemma_desktop.core.history import AsyncHistory
-from gemma_desktop.core.probe import ProbeReport
-from gemma_desktop.core.settings import SettingsStore
-from gemma_desktop.core.tokens import TokenStore, validate_token
+from gemma_desktop.core.chat.history import AsyncHistory
+from gemma_desktop.core.engine.protocol import EngineState, EngineStatus
+from gemma_desktop.core.models.catalog import VariantCatalog
+from gemma_desktop.core.models.downloads import DownloadManager
+from gemma_desktop.core.models.hub_cache import is_on_disk
+from gemma_desktop.core.secrets import TokenStore, validate_token
 from gemma_desktop.ui import theme
-from gemma_desktop.ui.chat_view import ChatPanel
-from gemma_desktop.ui.connections_panel import ConnectionsPanel, LocalApiFactory
+from gemma_desktop.ui.app_state import AppState
+from gemma_desktop.ui.chat.panel import ChatPanel
 from gemma_desktop.ui.dialogs import ask
 from gemma_desktop.ui.engine_host import EngineHost
-from gemma_desktop.ui.engine_indicator import EngineIndicator
-from gemma_desktop.ui.history_panel import HistoryPanel
-from gemma_desktop.ui.probe_panel import ProbeFunction, ProbePanel
-from gemma_desktop.ui.token_panel import SecretSink, TokenPanel, Validator
-from gemma_desktop.ui.variant_picker import CachedCheck, VariantPicker
+from gemma_desktop.ui.local_api_host import LocalApiHost
+from gemma_desktop.ui.panels.connections_panel import ConnectionsPanel
+from gemma_desktop.ui.panels.download_panel import DownloadPanel
+from gemma_desktop.ui.panels.engine_indicator import EngineIndicator
+from gemma_desktop.ui.panels.history_panel import HistoryPanel
+from gemma_desktop.ui.panels.probe_panel import ProbePanel
+from gemma_desktop.ui.panels.token_panel import SecretSink, TokenPanel, Validator
+from gemma_desktop.ui.panels.variant_picker import VariantPicker
+from gemma_desktop.ui.tasks import spawn
 
 log = logging.getLogger(__name__)
-
-#: Builds the download panel for a variant (the downloads area owns the widget).
-DownloadPanelFactory = Callable[[str], QWidget]
 
 PAGE_CHAT, PAGE_HARDWARE, PAGE_MODEL, PAGE_TOKEN, PAGE_HISTORY, PAGE_CONNECTIONS = range(6)
 
@@ -60,22 +60,19 @@ class WindowServices:
     """What the main window shows and talks to; built by ``app.py``."""
 
     host: EngineHost
+    state: AppState
     catalog: VariantCatalog
-    settings_store: SettingsStore
     token_store: TokenStore
-    probe: ProbeFunction
-    is_cached: CachedCheck
-    selected_variant: str
+    download_manager: DownloadManager
     token_validator: Validator | None = None
     on_secret: SecretSink | None = None
-    download_panel_factory: DownloadPanelFactory | None = None
     log_path: Path | None = None
     diagnostics: Callable[[], str] | None = None
     #: The conversation history; ``None`` records nothing (the History page says so).
     history: AsyncHistory | None = None
-    #: Builds the local OpenAI-compatible endpoint over a running local engine.
-    local_api_factory: LocalApiFactory | None = None
-    #: Remote API keys kept for this session only (no keyring); the engine factory reads them.
+    #: The local OpenAI-compatible endpoint's owner.
+    local_api: LocalApiHost | None = None
+    #: Remote API keys kept for this session only (no keyring); the engine assembly reads them.
     remote_session_keys: dict[str, str] | None = None
 
 
@@ -83,16 +80,15 @@ class MainWindow(QMainWindow):
     """The app's window. Pages: Chat, Hardware check, Model, Hugging Face token, History,
     Connections.
 
-    Closing it stops the answer and the engine first (asynchronously), then
-    closes for real and emits ``shutdown_finished``.
+    Closing it (where no tray keeps the app running) asks the app to quit:
+    :attr:`quit_requested`; ``app.py`` shuts everything down and then calls
+    :meth:`close_for_good`. The window stops nothing itself.
 
     Signals:
-        shutdown_finished(): the window closed after stopping the engine.
-        quit_requested(): File → Quit; ``app.py`` quits the whole app (tray included).
+        quit_requested(): File → Quit, or the window was closed.
         setup_requested(): Help → Run setup again; ``app.py`` shows the setup wizard.
     """
 
-    shutdown_finished = Signal()
     quit_requested = Signal()
     setup_requested = Signal()
 
@@ -100,10 +96,8 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.services = services
         self.host = services.host
-        self._closing = False
         self._closed = False
-        self._download_widget: QWidget | None = None
-        self._tasks: set[asyncio.Future[object]] = set()
+        self._download_widget: DownloadPanel | None = None
         self.setWindowTitle(APP_NAME)
         self.setWindowIcon(theme.icon("app"))
         self.resize(1180, 780)
@@ -113,7 +107,7 @@ class MainWindow(QMainWindow):
         self.indicator.start_requested.connect(self.start_or_restart_engine)
         self.chat = ChatPanel(self.host, history=services.history)
         self.history_panel = HistoryPanel(services.history)
-        self.probe_panel = ProbePanel(services.probe)
+        self.probe_panel = ProbePanel(services.state)
         self.token_panel = TokenPanel(
             services.token_store,
             validator=services.token_validator or validate_token,
@@ -121,16 +115,15 @@ class MainWindow(QMainWindow):
         )
         self.picker = VariantPicker(
             services.catalog,
-            services.settings_store,
-            selected=services.selected_variant,
-            is_cached=services.is_cached,
+            services.state,
+            selected=services.state.settings.model_id.value,
             confirm=self._confirm_switch,
         )
         self.connections = ConnectionsPanel(
             self.host,
-            services.settings_store,
+            services.state,
             session_keys=services.remote_session_keys,
-            local_api_factory=services.local_api_factory,
+            local_api=services.local_api,
         )
         self.download_area = QFrame()
         self.download_area.setObjectName("downloadArea")
@@ -212,15 +205,13 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(version)
 
         self._build_menus()
-        self.probe_panel.report_changed.connect(self._on_report)
         self.picker.variant_chosen.connect(self._on_variant_chosen)
         self.picker.download_requested.connect(self.show_download)
-        self.token_panel.token_changed.connect(lambda: self.probe_panel.rerun())
+        self.token_panel.token_changed.connect(self.probe_panel.rerun)
         self.host.status_changed.connect(self._on_engine_status)
         self.history_panel.open_requested.connect(self.open_conversation)
         self.history_panel.conversation_deleted.connect(self.chat.forget_conversation)
-        if self.chat.recorder is not None:
-            self.chat.recorder.changed.connect(self._on_history_changed)
+        self.chat.history_changed.connect(self._on_history_changed)
         self.setTabOrder(self.navigation, self.chat.composer)
 
     # --- menus -------------------------------------------------------------------------
@@ -291,25 +282,19 @@ class MainWindow(QMainWindow):
 
     # --- engine ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[object]) -> asyncio.Future[object]:
-        task: asyncio.Future[object] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     def start_or_restart_engine(self) -> None:
         if self.host.status.state == EngineState.CRASHED:
             self.restart_engine()
         else:
-            self.host.schedule(self.host.start())
+            spawn(self.host.start(), "Starting the engine")
 
     def restart_engine(self) -> None:
         self.chat.stop()
-        self.host.schedule(self.host.restart())
+        spawn(self.host.restart(), "Restarting the engine")
 
     def stop_engine(self) -> None:
         self.chat.stop()
-        self.host.schedule(self.host.stop())
+        spawn(self.host.stop(), "Stopping the engine")
 
     def _on_engine_status(self, status: EngineStatus) -> None:
         running = status.state in (EngineState.READY, EngineState.GENERATING)
@@ -336,8 +321,9 @@ class MainWindow(QMainWindow):
         )
 
     def _on_variant_chosen(self, variant_id: str) -> None:
+        hub_cache = self.services.state.settings.hf_hub_cache.value
         cached = variant_id and (
-            self.services.catalog.get(variant_id).is_bundled or self.services.is_cached(variant_id)
+            self.services.catalog.get(variant_id).is_bundled or is_on_disk(variant_id, hub_cache)
         )
         if not cached:
             self.host.set_variant(variant_id)
@@ -348,7 +334,7 @@ class MainWindow(QMainWindow):
             return
         if self.host.engine is not None or self.host.is_running:
             self.chat.stop()
-            self.host.schedule(self.host.switch(variant_id))
+            spawn(self.host.switch(variant_id), "Switching the model")
         else:
             self.host.set_variant(variant_id)
         self.probe_panel.rerun()
@@ -356,26 +342,15 @@ class MainWindow(QMainWindow):
     def show_download(self, variant_id: str) -> None:
         """Show the download panel for ``variant_id`` on the Model page."""
         self.show_page(PAGE_MODEL)
-        factory = self.services.download_panel_factory
-        if self._download_widget is not None:
-            running = bool(getattr(self._download_widget, "is_running", False))
-            if not running:
-                self._download_widget.deleteLater()
-                self._download_widget = None
-        if self._download_widget is None:
-            if factory is None:
-                label = QLabel(
-                    "Downloads are not available in this installation: use "
-                    f"<code>gemma-desktop download {variant_id}</code> in a terminal."
-                )
-                label.setWordWrap(True)
-                self._download_widget = label
-            else:
-                self._download_widget = factory(variant_id)
-                finished = getattr(self._download_widget, "finished", None)
-                if finished is not None:
-                    finished.connect(self._on_download_finished)
-            self.download_layout.addWidget(self._download_widget)
+        panel = self._download_widget
+        if panel is not None and not panel.is_running:
+            panel.deleteLater()
+            panel = self._download_widget = None
+        if panel is None:
+            panel = DownloadPanel(self.services.download_manager, variant_id)
+            panel.finished.connect(self._on_download_finished)
+            self._download_widget = panel
+            self.download_layout.addWidget(panel)
         self.download_area.setVisible(True)
 
     def _on_download_finished(self, ok: bool) -> None:
@@ -386,9 +361,9 @@ class MainWindow(QMainWindow):
 
     # --- history ---------------------------------------------------------------------------
 
-    def open_conversation(self, conversation_id: int) -> asyncio.Future[object]:
+    def open_conversation(self, conversation_id: int) -> asyncio.Future[None]:
         """Show a conversation from the history in the chat, to read and continue."""
-        return self._spawn(self._open_conversation(conversation_id))
+        return spawn(self._open_conversation(conversation_id), "Opening a conversation")
 
     async def _open_conversation(self, conversation_id: int) -> None:
         if await self.chat.open_conversation(conversation_id):
@@ -398,11 +373,6 @@ class MainWindow(QMainWindow):
     def _on_history_changed(self) -> None:
         if self.pages.currentWidget() is self.history_panel:
             self.history_panel.refresh()
-
-    # --- probe -----------------------------------------------------------------------------
-
-    def _on_report(self, report: ProbeReport) -> None:
-        self.picker.set_report(report)
 
     # --- help ------------------------------------------------------------------------------
 
@@ -430,33 +400,22 @@ class MainWindow(QMainWindow):
     # --- closing ---------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Stop the answer and the engine before the window goes away."""
+        """Closing asks the app to quit; it closes for real once everything has stopped."""
         if self._closed:
             event.accept()
             return
         event.ignore()
-        if not self._closing:
-            self._closing = True
-            self.notify("Stopping the engine…")
-            self._spawn(self._shutdown_and_close())
+        self.quit_requested.emit()
 
-    async def _shutdown_and_close(self) -> None:
-        try:
-            self.chat.stop()
-            task = self.chat.answer_task
-            if task is not None and not task.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), timeout=5)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    task.cancel()
-            await self.connections.shutdown()
-            await self.host.shutdown()
-        except GemmaDesktopError:
-            log.warning("the engine did not stop cleanly", exc_info=True)
-        finally:
-            self._closed = True
-            self.close()
-            self.shutdown_finished.emit()
+    def shutting_down(self) -> None:
+        """The app is quitting: say so, and stop the answer being written."""
+        self.notify("Stopping the engine…")
+        self.chat.stop()
+
+    def close_for_good(self) -> None:
+        """The app has shut down: close the window."""
+        self._closed = True
+        self.close()
 
     @property
     def is_closed(self) -> bool:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
-#: ``resources/icons`` beside the package (source checkout and editable installs).
-ICONS_DIR = Path(__file__).resolve().parent.parent.parent / "resources" / "icons"
+from gemma_desktop.core.paths import ICONS_DIR
 
 
 @dataclass(frozen=True)

@@ -3,45 +3,43 @@
 With a system tray, Gemma Desktop lives in it: closing the main window hides
 it and the engine keeps running (the first time, a notification says so);
 the tray's menu shows or hides the window, starts a new chat, starts or stops
-the engine, puts it to sleep or wakes it (only where the engine supports it)
-and quits. The icon and its tooltip show the engine's state.
+the engine and quits. The icon and its tooltip show the engine's state.
 
 Without a system tray (some desktops, remote sessions), closing the window
 quits; when an answer is still streaming the user is asked first.
 
-Quitting always shuts the engine down before the application exits.
+Quit hands over to the app's one way out (``quit_app``: ``app.py`` passes
+its :class:`~gemma_desktop.ui.quit.Quitter`), which shuts the engine down
+before the application exits.
 
 Signals:
     new_chat_requested(): the user chose "New chat" in the tray menu.
-    quit_started(): quitting began (the engine is being shut down).
+    quit_started(): the user chose Quit (or closed the window without a tray).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon, QWidget
 
 from gemma_desktop import APP_NAME
-from gemma_desktop.core.engine import Engine, EngineState, EngineStatus
+from gemma_desktop.core.engine.protocol import EngineState, EngineStatus
 from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.paths import ICONS_DIR
 from gemma_desktop.core.settings import SettingsStore
 from gemma_desktop.ui.dialogs import ask
 from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.single_instance import raise_window as show_window
+from gemma_desktop.ui.tasks import run_blocking, spawn
 
 log = logging.getLogger(__name__)
 
 #: Saved once the "still running in the tray" notification has been shown.
 NOTICE_KEY = "tray_notice_shown"
-ICONS_DIR = Path(__file__).resolve().parents[2] / "resources" / "icons"
 
 STATE_COLOURS: dict[EngineState, str] = {
     EngineState.NOT_STARTED: "#8a8f98",
@@ -89,32 +87,12 @@ def state_icon(base: QIcon, colour: str, size: int = 64) -> QIcon:
     return QIcon(pixmap)
 
 
-def engine_supports_sleep(engine: Engine) -> bool:
-    """Whether the engine can free its memory while staying loaded.
-
-    Engines opt in with a ``supports_sleep`` attribute or property (vLLM's
-    sleep mode needs a CUDA build and ``enable_sleep_mode``); without it the
-    tray hides Sleep/Wake.
-    """
-    flag: Any = getattr(engine, "supports_sleep", False)
-    try:
-        value = flag() if callable(flag) else flag
-    except Exception:
-        return False
-    return (
-        bool(value)
-        and callable(getattr(engine, "sleep", None))
-        and callable(getattr(engine, "wake_up", None))
-    )
-
-
-def describe(status: EngineStatus, sleeping: bool = False) -> str:
+def describe(status: EngineStatus) -> str:
     """One line for the tooltip: the state, the model and what is going on."""
-    state = "sleeping (memory freed)" if sleeping else status.state.value
-    text = f"{APP_NAME} — engine {state}"
+    text = f"{APP_NAME} — engine {status.state.value}"
     if status.model_id:
         text += f"\n{status.model_id}"
-    if status.detail and not sleeping:
+    if status.detail:
         text += f"\n{status.detail}"
     return text
 
@@ -138,25 +116,22 @@ class Tray(QObject):
         window: QWidget,
         host: EngineHost,
         *,
-        store: SettingsStore | None = None,
+        store: SettingsStore,
         is_streaming: Callable[[], bool] | None = None,
         available: bool | None = None,
         icon: QIcon | None = None,
-        quit_app: Callable[[], None] | None = None,
+        quit_app: Callable[[], object] | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.window = window
         self._quit_app = quit_app
         self.host = host
-        self.store = store or SettingsStore()
+        self.store = store
         self._is_streaming = is_streaming
         self.available = QSystemTrayIcon.isSystemTrayAvailable() if available is None else available
         self.base_icon = icon or app_icon()
-        self.sleeping = False
         self.quitting = False
-        self._quit_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Future[Any]] = set()
         # Read once, up front: the settings file is tiny and this runs before the loop is busy.
         self._notice_shown: bool | None = None
         self._notice_was_shown()
@@ -167,19 +142,18 @@ class Tray(QObject):
         self.show_action = QAction("Show window", self.menu)
         self.new_chat_action = QAction("New chat", self.menu)
         self.engine_action = QAction("Start engine", self.menu)
-        self.sleep_action = QAction("Sleep engine", self.menu)
         self.quit_action = QAction(f"Quit {APP_NAME}", self.menu)
         self.menu.addAction(self.show_action)
         self.menu.addAction(self.new_chat_action)
         self.menu.addSeparator()
         self.menu.addAction(self.engine_action)
-        self.menu.addAction(self.sleep_action)
         self.menu.addSeparator()
         self.menu.addAction(self.quit_action)
         self.show_action.triggered.connect(self.toggle_window)
         self.new_chat_action.triggered.connect(self._new_chat)
-        self.engine_action.triggered.connect(lambda: self._spawn(self.toggle_engine()))
-        self.sleep_action.triggered.connect(lambda: self._spawn(self.toggle_sleep()))
+        self.engine_action.triggered.connect(
+            lambda: spawn(self.toggle_engine(), "The tray's engine action")
+        )
         self.quit_action.triggered.connect(self.request_quit)
         self.menu.aboutToShow.connect(self.refresh)
 
@@ -204,8 +178,6 @@ class Tray(QObject):
     # -- state ------------------------------------------------------------------------
 
     def _on_status(self, status: EngineStatus) -> None:
-        if status.state in (EngineState.STOPPED, EngineState.CRASHED, EngineState.NOT_STARTED):
-            self.sleeping = False
         if status.state is EngineState.CRASHED and not self.window.isVisible():
             self.notify(
                 "The engine stopped",
@@ -218,9 +190,8 @@ class Tray(QObject):
         """Bring the icon, tooltip and menu texts up to date."""
         status = self.host.status
         state = status.state
-        colour = SLEEPING_COLOUR if self.sleeping else STATE_COLOURS[state]
-        self.icon.setIcon(state_icon(self.base_icon, colour))
-        self.icon.setToolTip(describe(status, self.sleeping))
+        self.icon.setIcon(state_icon(self.base_icon, STATE_COLOURS[state]))
+        self.icon.setToolTip(describe(status))
         self.show_action.setText("Hide window" if self.window.isVisible() else "Show window")
         if state in (EngineState.READY, EngineState.GENERATING):
             self.engine_action.setText("Stop engine")
@@ -233,11 +204,6 @@ class Tray(QObject):
                 "Restart engine" if state is EngineState.CRASHED else "Start engine"
             )
             self.engine_action.setEnabled(not self.quitting)
-        engine = self.host.engine
-        can_sleep = engine is not None and engine_supports_sleep(engine)
-        self.sleep_action.setVisible(can_sleep)
-        self.sleep_action.setText("Wake engine" if self.sleeping else "Sleep engine")
-        self.sleep_action.setEnabled(can_sleep and state is EngineState.READY and not self.quitting)
         self.new_chat_action.setEnabled(not self.quitting)
 
     def streaming(self) -> bool:
@@ -273,50 +239,25 @@ class Tray(QObject):
             await self.host.start()
         self.refresh()
 
-    async def toggle_sleep(self) -> None:
-        engine: Any = self.host.engine
-        if engine is None:
-            return
-        try:
-            if self.sleeping:
-                await engine.wake_up()
-                self.sleeping = False
-            else:
-                await engine.sleep()
-                self.sleeping = True
-        except GemmaDesktopError as exc:
-            self.notify("Sleep mode failed", exc.reason, QSystemTrayIcon.MessageIcon.Warning)
-        except Exception as exc:  # an engine whose sleep mode does not work after all
-            log.warning("engine sleep/wake failed: %s", exc)
-            self.notify("Sleep mode failed", str(exc), QSystemTrayIcon.MessageIcon.Warning)
-        finally:
-            self.refresh()
-
     def request_quit(self) -> None:
-        """Quit from a signal: shut the engine down, then leave the event loop."""
-        self._spawn(self.quit())
-
-    async def quit(self) -> None:
-        """Shut the engine down, remove the icon and quit the application (once)."""
-        if self._quit_task is None:
-            self._quit_task = asyncio.ensure_future(self._do_quit())
-        await asyncio.shield(self._quit_task)
-
-    async def _do_quit(self) -> None:
+        """Quit: hide the window and the icon's menu, then hand over to ``quit_app``."""
+        if self.quitting:
+            return
         self.quitting = True
         self.quit_started.emit()
         self.refresh()
-        try:
-            await self.host.shutdown()
-        except Exception:  # quitting must not fail; the engine reaps its processes itself
-            log.exception("engine shutdown failed while quitting")
-        self.icon.hide()
-        self.window.removeEventFilter(self)
-        self.window.close()
+        self.window.hide()
         if self._quit_app is not None:
             self._quit_app()
         else:
             QApplication.quit()
+
+    def shutting_down(self) -> None:
+        """The app is quitting (whoever asked): take the icon away."""
+        self.quitting = True
+        self.refresh()
+        self.icon.hide()
+        self.window.removeEventFilter(self)
 
     # -- closing the window ---------------------------------------------------------------
 
@@ -328,7 +269,7 @@ class Tray(QObject):
                 self._notice_once()
                 self.refresh()
             else:
-                self._spawn(self._close_without_tray())
+                spawn(self._close_without_tray(), "Closing the window")
             return True
         return super().eventFilter(watched, event)
 
@@ -345,7 +286,7 @@ class Tray(QObject):
             )
             if not leave:
                 return
-        await self.quit()
+        self.request_quit()
 
     def _notice_was_shown(self) -> bool:
         if self._notice_shown is None:
@@ -365,14 +306,13 @@ class Tray(QObject):
             "Use the tray icon to open the window again or to quit.",
         )
 
-        def remember() -> None:
-            try:
-                self.store.update(**{NOTICE_KEY: True})
-            except GemmaDesktopError as exc:
-                log.warning("could not remember the tray notice: %s", exc.reason)
+        spawn(self._remember_notice(), "Saving the tray notice")
 
-        # A small file write; its own thread, so a busy executor never delays it.
-        threading.Thread(target=remember, name="tray-notice", daemon=False).start()
+    async def _remember_notice(self) -> None:
+        try:
+            await run_blocking(lambda: self.store.update(**{NOTICE_KEY: True}))
+        except GemmaDesktopError as exc:
+            log.warning("could not remember the tray notice: %s", exc.reason)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -394,8 +334,3 @@ class Tray(QObject):
             QSystemTrayIcon.ActivationReason.DoubleClick,
         ):
             self.toggle_window()
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -17,10 +17,11 @@ from PySide6.QtWidgets import (
     QTreeWidget,
 )
 
-from gemma_desktop.app import LOG_FILE_NAME, can_autostart
 from gemma_desktop.core import paths
-from gemma_desktop.core.catalog import BUNDLED_MODEL_ID, VariantCatalog
-from gemma_desktop.core.engine import EngineState
+from gemma_desktop.core.engine.protocol import EngineState
+from gemma_desktop.core.machine.probe import can_run_unattended as can_autostart
+from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID, VariantCatalog
+from gemma_desktop.crash import LOG_FILE_NAME
 from gemma_desktop.ui.main_window import PAGE_HARDWARE, PAGE_MODEL, focus_chain
 
 pytestmark = pytest.mark.usefixtures("fail_keyring")
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("fail_keyring")
 def test_startup_on_this_machine_picks_what_can_run(make_app: Any, arun: Any) -> None:
     app = make_app()
     arun(app.startup(), timeout=60)
-    report = app.report
+    report = app.state.report
     assert report is not None
     assert app.window.probe_panel.report is report
     # Auto-start is off in these tests: the engine waits for the user.

@@ -14,7 +14,7 @@ UI = Path(theme.__file__).resolve().parent
 
 
 def test_every_icon_the_ui_names_exists_and_renders(qapp: Any) -> None:
-    source = "\n".join(p.read_text() for p in UI.glob("*.py"))
+    source = "\n".join(p.read_text() for p in UI.rglob("*.py"))
     names = set(re.findall(r'icon\("([a-z-]+)"\)', source))
     names |= set(re.findall(r'"(status-[a-z]+)"', source))
     names |= {"app", "chat", "hardware", "model", "key", "eye-off", "play", "stop", "send"}

