@@ -11,12 +11,16 @@ DEB_STAMP := $(VENV)/.debs-ok
 
 # Debian packages. The app: Qt's xcb platform and fonts. The tests and tools
 # add Xvfb and a tray host, a Secret Service for the keyring tests,
-# desktop-file-utils for the desktop entry, imagemagick for screenshots.
+# desktop-file-utils for the desktop entry, imagemagick for screenshots, xdotool to
+# type into the real app's window. Sound: PortAudio and ALSA's route to PulseAudio or
+# PipeWire for the app's microphone; a headless PulseAudio, espeak-ng speech and sox
+# for the recording tests.
 APP_DEBS := libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 \
-	libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core xdg-utils
+	libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core xdg-utils \
+	libportaudio2 libasound2-plugins
 TEST_DEBS := $(APP_DEBS) xvfb xauth x11-utils dbus dbus-x11 gnome-keyring libsecret-tools trayer \
-	imagemagick desktop-file-utils
+	imagemagick desktop-file-utils xdotool pulseaudio pulseaudio-utils espeak-ng sox
 APP_DEB_STAMP := $(VENV)/.debs-app
 
 .PHONY: run test lint bench screenshots bundle debs clean help
@@ -67,6 +71,8 @@ $(STAMP): pyproject.toml Makefile | $(VENV)/bin/python
 		$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true; \
 	fi
 	$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torchvision") is not None and "$(ENGINE)" == "cpu")'
+	@# Engine processes die with the app even in their first seconds (see core/engine/processes.py).
+	$(BIN)/python -m gemma_desktop.core.engine.processes install-early-guard
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -13,6 +13,13 @@ the app's CPU engine settings, the same prompt and greedy sampling, 256 tokens:
 Prints a table and writes ``bench/results/engine.json``. Figures, not
 assertions: the machine may be busy with other work.
 
+Then Gemma 4 (``--gemma4 all|small|none|only``): the test checkpoints
+(tests/fixtures/gemma4_checkpoint.py, cached in ``build/gemma4``), small and
+full 262k vocabulary, each in a fresh process through the app's engine with
+its CPU settings, with and without text-only mode: engine start, memory (PSS
+of the app and every engine process) and the time to first token of a text,
+an image and an audio prompt. Writes ``bench/results/gemma4.json``.
+
     .venv/bin/python bench/bench_engine.py [--tokens 256] [--rounds 1]
 """
 
@@ -210,7 +217,7 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
         finally:
             await engine.shutdown()
         assert first is not None and end is not None
-        from gemma_desktop.core.engine.protocol import vllm_local as vllm_engine
+        from gemma_desktop.core.engine import vllm_local as vllm_engine
 
         imported = vllm_engine.import_finished_at or began
         start_gaps = gaps_between(began, ready)
@@ -301,6 +308,170 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
+# --- Gemma 4: the test checkpoints through the app's engine ---------------------------------
+
+GEMMA4_RESULTS = REPO / "bench" / "results" / "gemma4.json"
+GEMMA4_CACHE = REPO / "build" / "gemma4"
+#: (checkpoint size, text-only mode) pairs measured, each in a fresh process.
+GEMMA4_RUNS = (("small", False), ("small", True), ("full", False), ("full", True))
+GEMMA4_TTFT_ROUNDS = 3
+
+
+def _pss_tree_mib() -> dict[str, float]:
+    """PSS of this process and every process it started (MiB), by process name."""
+    import psutil
+
+    me = psutil.Process()
+    per: dict[str, float] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            pss = proc.memory_full_info().pss / 2**20
+            name = "main" if proc.pid == me.pid else proc.name()
+        except psutil.Error:
+            continue
+        per[name] = per.get(name, 0.0) + pss
+    return {"total": sum(per.values()), **per}
+
+
+def run_gemma4(size: str, text_only: bool) -> dict[str, Any]:
+    """Start the app's engine on the Gemma 4 test checkpoint of ``size`` (the app's CPU
+    settings: bf16, 4096 tokens, 512 MiB KV), then time the first token of a text, an
+    image and an audio prompt (multimodal mode only)."""
+    import asyncio
+
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures.gemma4_checkpoint import cached_checkpoint
+
+    checkpoint = cached_checkpoint(size, GEMMA4_CACHE)  # type: ignore[arg-type]
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    from gemma_desktop.core.engine.assembly import MachineFacts, local_config
+    from gemma_desktop.core.engine.protocol import (
+        AudioPart,
+        ChatMessage,
+        ImagePart,
+        SamplingOptions,
+        StreamEnd,
+        TextDelta,
+    )
+    from gemma_desktop.core.engine.vllm_local import VllmEngine, preload_vllm
+    from gemma_desktop.core.models.catalog import VariantCatalog
+    from gemma_desktop.core.settings import load_settings
+
+    media = REPO / "build" / "bench-media"
+    media.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(media / "photo.png")
+    seconds = np.arange(16000 * 3) / 16000
+    soundfile.write(media / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * seconds), 16000)
+    env = {"ATOMR_INFER_GEMMA_TEXT_ONLY": "1"} if text_only else {}
+    config = local_config(
+        load_settings(env=env),
+        VariantCatalog().get("google/gemma-4-E2B-it"),
+        MachineFacts.cpu(),
+        model_path=checkpoint,
+    )
+    prompts = {"text": ChatMessage("user", "What is this?")}
+    if not text_only:
+        prompts["image"] = ChatMessage("user", "What is this?", (ImagePart(media / "photo.png"),))
+        prompts["audio"] = ChatMessage("user", "What is this?", (AudioPart(media / "tone.wav"),))
+
+    async def main() -> dict[str, Any]:
+        began = time.perf_counter()
+        preload_vllm("ERROR")
+        engine = VllmEngine(config)
+        await engine.start()
+        start_s = time.perf_counter() - began
+        memory = _pss_tree_mib()
+        ttft: dict[str, list[float]] = {kind: [] for kind in prompts}
+        prompt_tokens: dict[str, int] = {}
+        try:
+            for _ in range(GEMMA4_TTFT_ROUNDS):
+                for kind, message in prompts.items():
+                    t0 = time.perf_counter()
+                    first = None
+                    async for item in engine.chat(
+                        [message], SamplingOptions(temperature=0.0, max_tokens=16)
+                    ):
+                        if first is None and isinstance(item, TextDelta):
+                            first = time.perf_counter() - t0
+                        if isinstance(item, StreamEnd):
+                            prompt_tokens[kind] = item.stats.prompt_tokens
+                            first = first or item.stats.time_to_first_token_s
+                    ttft[kind].append(first or 0.0)
+        finally:
+            await engine.shutdown()
+        return {
+            "size": size,
+            "text_only": text_only,
+            "checkpoint": checkpoint.name,
+            "start_s": start_s,
+            "import_s": (vllm_local_import_finished() or began) - began,
+            "pss_mib": memory,
+            "ttft_ms": {k: 1000 * statistics.median(v) for k, v in ttft.items()},
+            "prompt_tokens": prompt_tokens,
+        }
+
+    return asyncio.run(main())
+
+
+def vllm_local_import_finished() -> float | None:
+    from gemma_desktop.core.engine import vllm_local
+
+    return vllm_local.import_finished_at
+
+
+def _gemma4_child(size: str, text_only: bool) -> dict[str, Any]:
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="ERROR")
+    env.setdefault("GEMMA_DESKTOP_MODELS_DIR", str(REPO / "build" / "models"))
+    command = [sys.executable, __file__, "--child", "gemma4", "--size", size]
+    proc = subprocess.run(
+        command + (["--text-only"] if text_only else []),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"gemma4 {size} run failed (exit {proc.returncode})")
+    return dict(json.loads(lines[-1][len("RESULT ") :]))
+
+
+def bench_gemma4(sizes: tuple[str, ...]) -> None:
+    """Gemma 4 start time, memory and time to first token; prints a table, writes JSON."""
+    runs = []
+    for size, text_only in GEMMA4_RUNS:
+        if size not in sizes:
+            continue
+        mode = "text-only" if text_only else "multimodal"
+        print(f"gemma 4 {size} checkpoint, {mode}...", file=sys.stderr, flush=True)
+        runs.append(_gemma4_child(size, text_only))
+    print("\nGemma 4 test checkpoints through the app's engine (CPU build, bf16)")
+    print(f"{'checkpoint':<12}{'mode':<12}{'start':>9}{'memory':>10}  first token text/image/audio")
+    for run in runs:
+        ttft = run["ttft_ms"]
+        firsts = " / ".join(f"{ttft[k]:.0f}" for k in ("text", "image", "audio") if k in ttft)
+        mode = "text-only" if run["text_only"] else "multimodal"
+        memory_gb = run["pss_mib"]["total"] / 1024
+        print(
+            f"{run['size']:<12}{mode:<12}{run['start_s']:>7.1f} s{memory_gb:>7.2f} GB  {firsts} ms"
+        )
+    GEMMA4_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "gemma4",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "runs": runs,
+    }
+    GEMMA4_RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {GEMMA4_RESULTS.relative_to(REPO)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tokens", type=int, default=256)
@@ -310,8 +481,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the app side once with a profiler naming the C calls behind each gap",
     )
-    parser.add_argument("--child", choices=("raw", "app"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gemma4",
+        choices=("all", "small", "none", "only"),
+        default="all",
+        help="Gemma 4 figures: both checkpoint sizes (all), the small one, none, or only them",
+    )
+    parser.add_argument("--child", choices=("raw", "app", "gemma4"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", choices=("small", "full"), help=argparse.SUPPRESS)
+    parser.add_argument("--text-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child == "gemma4":
+        print("RESULT " + json.dumps(run_gemma4(args.size, args.text_only)), flush=True)
+        return 0
+    gemma4_sizes = {"all": ("small", "full"), "only": ("small", "full"), "small": ("small",)}
+    if args.gemma4 == "only":
+        bench_gemma4(gemma4_sizes["only"])
+        return 0
     if args.child:
         if args.child == "raw":
             result = run_raw(args.tokens)
@@ -400,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(REPO)}")
+    if args.gemma4 != "none":
+        bench_gemma4(gemma4_sizes[args.gemma4])
     return 0
 
 

@@ -36,6 +36,7 @@ from gemma_desktop import APP_ID, APP_NAME, __version__
 from gemma_desktop.core import paths
 from gemma_desktop.core.chat.history import AsyncHistory, HistoryError, HistoryStore
 from gemma_desktop.core.engine.assembly import EngineAssembly
+from gemma_desktop.core.engine.processes import EngineRegistry
 from gemma_desktop.core.engine.protocol import Engine, ProgressListener, StartProgress
 from gemma_desktop.core.logs import RedactingFilter
 from gemma_desktop.core.machine.probe import GpuReader, ProbeService, decide_startup
@@ -51,7 +52,7 @@ from gemma_desktop.ui.local_api_host import SETTING as LOCAL_API_SETTING
 from gemma_desktop.ui.local_api_host import LocalApiHost
 from gemma_desktop.ui.main_window import MainWindow, WindowServices
 from gemma_desktop.ui.quit import Quitter
-from gemma_desktop.ui.tasks import spawn
+from gemma_desktop.ui.tasks import run_blocking, spawn
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ class GemmaDesktopApp:
         )
         self.history = _open_history()
         self.remote_session_keys: dict[str, str] = {}
-        self.assembly = EngineAssembly(self.catalog, session_keys=self.remote_session_keys)
+        self.engine_registry = EngineRegistry()
+        self.assembly = EngineAssembly(
+            self.catalog, session_keys=self.remote_session_keys, registry=self.engine_registry
+        )
 
         # 3. the engine and the local API
         settings = self.state.settings
@@ -153,9 +157,19 @@ class GemmaDesktopApp:
 
     # --- start-up ----------------------------------------------------------------------------
 
+    async def end_leftovers(self) -> None:
+        """End engine processes an earlier run left behind (killed, crashed), and say so."""
+        ended = await run_blocking(self.engine_registry.end_leftovers)
+        if ended:
+            self.window.notify(
+                f"Ended {len(ended)} engine process{'es' if len(ended) > 1 else ''} left running "
+                "by an earlier run of Gemma Desktop that did not quit cleanly."
+            )
+
     async def startup(self) -> None:
         """Check the machine, pick the model to run and start it if allowed."""
         spawn(self.window.token_panel.refresh(), "Reading the token")
+        await self.end_leftovers()
         report = await self.state.refresh()
         if report is None:
             return
@@ -170,6 +184,7 @@ class GemmaDesktopApp:
     async def quiet_startup(self) -> None:
         """While the setup wizard runs: fill the panels, start nothing."""
         spawn(self.window.token_panel.refresh(), "Reading the token")
+        await self.end_leftovers()
         await self.state.refresh()
 
     async def after_setup(self) -> None:

@@ -4,7 +4,8 @@
 ``Exec`` line run. It wraps :func:`gemma_desktop.app.main` so that a failure
 before the window (and the app's own crash handler) exists still leaves a
 trace: the error goes to :func:`startup_log_path` (redacted: never a token)
-and, when a display is there, into a dialog that names that file. Without a
+and, when a display is there, into a dialog that names that file (started from
+the menu or from a terminal alike). Without a
 terminal the output of the whole run also goes to that log.
 
 vLLM runs on Linux only. On Windows and macOS the app still starts (it can
@@ -19,11 +20,12 @@ import datetime
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gemma_desktop import APP_NAME
+from gemma_desktop import APP_ID, APP_NAME
 from gemma_desktop.core import paths
 from gemma_desktop.core.errors import GemmaDesktopError
 
@@ -94,14 +96,27 @@ def _redact(text: str) -> str:
 
 
 def record_startup_error(exc: BaseException, log_file: Path | None = None) -> Path:
-    """Append ``exc`` with its traceback (redacted) to the start-up log; returns its path."""
-    log_file = log_file or startup_log_path()
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    """Append ``exc`` with its traceback (redacted) to the start-up log; returns its path.
+
+    When the state folder itself cannot be written (the failure may be exactly
+    that), the log goes to the temporary folder instead.
+    """
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    with open(log_file, "a", encoding="utf-8") as handle:
-        handle.write(f"--- {stamp} {APP_NAME} could not start\n{_redact(trace)}\n")
-    return log_file
+    text = f"--- {stamp} {APP_NAME} could not start\n{_redact(trace)}\n"
+    candidates = [
+        log_file or startup_log_path(),
+        Path(tempfile.gettempdir()) / f"{APP_ID}-{STARTUP_LOG}",
+    ]
+    for candidate in candidates:
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            with open(candidate, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError:
+            continue
+        return candidate
+    return candidates[-1]
 
 
 def show_startup_error(title: str, text: str, detail: str = "") -> bool:
@@ -143,7 +158,7 @@ def guarded(run: Callable[[], int], *, terminal: bool | None = None) -> int:
             _redirect_output(log_file)
     problem = display_problem()
     if problem is not None:
-        with open(log_file, "a", encoding="utf-8") as handle:
+        with contextlib.suppress(OSError), open(log_file, "a", encoding="utf-8") as handle:
             handle.write(problem + "\n")
         print(problem, file=sys.stderr)
         return 1
@@ -159,12 +174,13 @@ def guarded(run: Callable[[], int], *, terminal: bool | None = None) -> int:
             summary = f"{type(exc).__name__}: {exc}"
         summary = _redact(summary)
         print(f"{APP_NAME} could not start: {summary}\n(details in {where})", file=sys.stderr)
-        if not terminal or os.environ.get("GEMMA_DESKTOP_STARTUP_DIALOG") == "1":
-            show_startup_error(
-                f"{APP_NAME} could not start",
-                f"{summary}\n\nThe details are in {where}.",
-                _redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
-            )
+        # A dialog from the menu and from a terminal alike: a desktop app says what
+        # went wrong where its window would have been.
+        show_startup_error(
+            f"{APP_NAME} could not start",
+            f"{summary}\n\nThe details are in {where}.",
+            _redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))),
+        )
         return 1
 
 

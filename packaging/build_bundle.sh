@@ -82,6 +82,9 @@ else
     esac
 fi
 
+# Engine processes die with the app even in their first seconds (core/engine/processes.py).
+"$VPY" -m gemma_desktop.core.engine.processes install-early-guard >/dev/null
+
 # The icons and desktop template live beside the package in a source checkout;
 # the app looks for resources/ next to its package folder (site-packages).
 SITE="$DEST/venv/lib/python$PY_MINOR/site-packages"

@@ -30,6 +30,8 @@ _SCRUBBED = (
     "ATOMR_INFER_GEMMA_DEPLOYMENT",
     "ATOMR_INFER_GEMMA_GPU_UTIL",
     "ATOMR_INFER_GEMMA_MAX_LEN",
+    "ATOMR_INFER_GEMMA_TEXT_ONLY",
+    "GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF",
 )
 
 # Shared fixture modules; each area adds its own file under tests/fixtures/.
@@ -39,9 +41,12 @@ pytest_plugins = [
         "tests.fixtures.qt",
         "tests.fixtures.engine",
         "tests.fixtures.fakehub",
+        "tests.fixtures.gemma4",
         "tests.fixtures.keyring",
         "tests.fixtures.display",
         "tests.fixtures.app",
+        "tests.fixtures.vllm_models",
+        "tests.fixtures.pulse",
     )
     if importlib.util.find_spec(name) is not None
 ]

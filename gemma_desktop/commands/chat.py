@@ -2,8 +2,15 @@
 
 Text goes to stdout as it arrives, figures to stderr. With ``--json`` stdout
 gets one JSON object per line: ``{"type": "delta", "text": ...}`` for each
-step, then one ``{"type": "stats", ...}``. Ctrl-C stops the answer inside the
-engine, shuts the engine down and exits with 130.
+step (``{"type": "thinking", "text": ...}`` for the model's thinking), then one
+``{"type": "stats", ...}``. Without ``--json`` the thinking goes to stderr
+(dimmed on a terminal), the answer to stdout. Ctrl-C stops the answer inside
+the engine, shuts the engine down and exits with 130.
+
+``--image FILE`` and ``--audio FILE`` (each repeatable) attach files to the
+message; ``--think`` asks a model that can think (Gemma 4 ``-it``) to think
+first. A model that cannot take an attachment refuses it before anything is
+sent (exit 1, with the reason).
 
 Without ``--variant`` it runs the model the window would start here (the same
 probe and rule, :func:`gemma_desktop.core.machine.probe.decide_startup`): the
@@ -20,7 +27,12 @@ import asyncio
 import json
 import signal
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from gemma_desktop.core.engine.assembly import MachineFacts
+    from gemma_desktop.core.machine.probe import ProbeReport, ProbeService
+    from gemma_desktop.core.settings import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -42,6 +54,23 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per line: deltas, then stats"
     )
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="attach an image (PNG, JPEG, WEBP...); repeatable",
+    )
+    parser.add_argument(
+        "--audio",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="attach a recording (WAV, FLAC, MP3, OGG); repeatable",
+    )
+    parser.add_argument(
+        "--think", action="store_true", help="let the model think before it answers"
+    )
 
 
 def _error(exc: Exception, err: TextIO) -> int:
@@ -56,7 +85,8 @@ def _error(exc: Exception, err: TextIO) -> int:
     return EXIT_ERROR
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, probe: ProbeService | None = None) -> int:
+    """``probe`` replaces the machine's probe (tests inject GPU readings in-process)."""
     from gemma_desktop.core.engine.vllm_local import preload_vllm
 
     preload_vllm("ERROR")  # the import overlaps with settings, probe and provisioning
@@ -71,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_chat(args, loop))
+        return loop.run_until_complete(_chat(args, loop, probe))
     except GemmaDesktopError as exc:
         return _error(exc, sys.stderr)
     finally:
@@ -79,16 +109,31 @@ def run(args: argparse.Namespace) -> int:
         asyncio.set_event_loop(None)
 
 
-async def _chat(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
-    from gemma_desktop.core.engine.assembly import EngineAssembly, MachineFacts
+def choose_machine(
+    settings: Settings, variant_id: str | None, probe: ProbeService | None = None
+) -> tuple[ProbeReport, str, MachineFacts]:
+    """The probe's report, the model and the machine facts the chat runs with: the same
+    probe and start-up rule as the window (blocking: it reads NVML and the disk)."""
+    from gemma_desktop.core.engine.assembly import MachineFacts
+    from gemma_desktop.core.machine.probe import ProbeService, decide_startup
+
+    report = (probe or ProbeService()).run(settings, variant_id)
+    chosen = variant_id or decide_startup(settings, report).variant_id
+    return report, chosen, MachineFacts.from_report(report)
+
+
+async def _chat(
+    args: argparse.Namespace, loop: asyncio.AbstractEventLoop, probe: ProbeService | None = None
+) -> int:
+    from gemma_desktop.core.engine.assembly import EngineAssembly
     from gemma_desktop.core.engine.protocol import (
         ChatMessage,
         SamplingOptions,
         StartProgress,
         StreamEnd,
         TextDelta,
+        ThinkingDelta,
     )
-    from gemma_desktop.core.machine.probe import ProbeService, decide_startup
     from gemma_desktop.core.models.catalog import VariantCatalog
     from gemma_desktop.core.settings import load_settings
 
@@ -98,16 +143,16 @@ async def _chat(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> in
         print(f"warning: {warning.message}", file=err)
     catalog = VariantCatalog()
     # The same probe and the same start-up rule as the window.
-    report = await loop.run_in_executor(None, ProbeService().run, settings, args.variant)
-    variant = catalog.get(args.variant or decide_startup(settings, report).variant_id)
+    _report, chosen, machine = await loop.run_in_executor(
+        None, choose_machine, settings, args.variant, probe
+    )
+    variant = catalog.get(chosen)
 
     def on_progress(step: StartProgress) -> None:
         fraction = f" ({step.fraction:.0%})" if step.fraction is not None else ""
         print(f"[{step.message}]{fraction}", file=err, flush=True)
 
-    engine = await EngineAssembly(catalog).local(
-        variant.id, settings, MachineFacts.from_report(report), on_progress
-    )
+    engine = await EngineAssembly(catalog).local(variant.id, settings, machine, on_progress)
     interrupted = False
     request_id: str | None = None
     main_task = asyncio.current_task()
@@ -124,17 +169,33 @@ async def _chat(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> in
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
+        message = ChatMessage("user", " ".join(args.prompt), attachments(args))
+        engine.check_attachments([message])  # before a start that could not help
         print(f"[starting {variant.label}]", file=err, flush=True)
         await engine.start()
         options = SamplingOptions(
-            temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            thinking=args.think,
         )
         end: StreamEnd | None = None
         request_id = f"cli-{id(engine):x}"
-        async for item in engine.chat(
-            [ChatMessage("user", " ".join(args.prompt))], options, request_id
-        ):
-            if isinstance(item, TextDelta):
+        dim = err.isatty()
+        thought = False  # thinking was shown on stderr: end its line before the answer
+        async for item in engine.chat([message], options, request_id):
+            if isinstance(item, ThinkingDelta):
+                if args.json:
+                    out.write(json.dumps({"type": "thinking", "text": item.text}) + "\n")
+                    out.flush()
+                else:
+                    err.write(f"\x1b[2m{item.text}\x1b[0m" if dim else item.text)
+                    err.flush()
+                    thought = True
+            elif isinstance(item, TextDelta):
+                if thought:
+                    err.write("\n")
+                    thought = False
                 if args.json:
                     out.write(json.dumps({"type": "delta", "text": item.text}) + "\n")
                 else:
@@ -159,6 +220,23 @@ async def _chat(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> in
         await asyncio.shield(engine.shutdown())
 
 
+def attachments(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The ``--image`` and ``--audio`` files as message attachments (images first)."""
+    import mimetypes
+    from pathlib import Path
+
+    from gemma_desktop.core.engine.protocol import AudioPart, ImagePart
+
+    parts: list[Any] = []
+    for name in args.image:
+        path = Path(name).expanduser().resolve()
+        parts.append(ImagePart(path, mimetypes.guess_type(path.name)[0] or "image/png"))
+    for name in args.audio:
+        path = Path(name).expanduser().resolve()
+        parts.append(AudioPart(path, mimetypes.guess_type(path.name)[0] or "audio/wav"))
+    return tuple(parts)
+
+
 def _print_stats(end: Any, as_json: bool, out: TextIO, err: TextIO) -> None:
     stats = end.stats
     ttft = stats.time_to_first_token_s
@@ -169,6 +247,7 @@ def _print_stats(end: Any, as_json: bool, out: TextIO, err: TextIO) -> None:
             "finish_reason": stats.finish_reason,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
+            "thinking_tokens": stats.thinking_tokens,
             "time_to_first_token_s": ttft,
             "total_time_s": stats.total_time_s,
             "tokens_per_second": stats.tokens_per_second,

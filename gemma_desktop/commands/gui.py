@@ -13,5 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gemma_desktop.app import run_app
+    from gemma_desktop.launch import guarded
 
-    return run_app(no_auto_start=bool(args.no_auto_start))
+    # Started from a terminal too, a failure before the window shows a dialog.
+    return guarded(lambda: run_app(no_auto_start=bool(args.no_auto_start)))

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gemma_desktop.core.machine.probe import ProbeReport
+    from gemma_desktop.core.machine.probe import ProbeReport, ProbeService
 
 _MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skip"}
 
@@ -21,12 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--variant", metavar="ID", help="probe for this model instead")
 
 
-def run(args: argparse.Namespace) -> int:
-    from gemma_desktop.core.machine.probe import Outcome, run_probe
+def run(args: argparse.Namespace, probe: ProbeService | None = None) -> int:
+    """Print the report; ``probe`` replaces the machine's (tests inject GPU readings)."""
+    from gemma_desktop.core.machine.probe import Outcome, ProbeService
 
     # Unreadable settings or an unsupported ATOMR_INFER_GEMMA_MODEL come back
     # as an ``error`` report rather than an exception.
-    report = run_probe(variant_id=args.variant)
+    report = (probe or ProbeService()).run(None, args.variant)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -3,7 +3,9 @@
 Order of precedence matches huggingface_hub's own: ``HF_TOKEN`` in the
 environment, then (the app's addition) the OS keyring, then Hugging Face's
 plaintext token file. The token's value is never logged or written to the
-settings; :mod:`gemma_desktop.core.logs` scrubs it from every log.
+settings: every secret that passes through this module (and the other stores
+built on :class:`KeyringEntry`) is handed to :data:`gemma_desktop.core.logs.REDACTOR`,
+which scrubs it from every log.
 
 Every method here may block (D-Bus, file system, network): call them off the
 UI thread.
@@ -21,6 +23,7 @@ from typing import Literal
 from gemma_desktop.core import paths
 from gemma_desktop.core.errors import GemmaDesktopError
 from gemma_desktop.core.fsutil import atomic_write
+from gemma_desktop.core.logs import REDACTOR
 
 #: The keyring entry: service ``gemma-desktop``, user ``huggingface``.
 KEYRING_SERVICE = "gemma-desktop"
@@ -92,11 +95,14 @@ class KeyringEntry:
         import keyring
 
         with self._errors():
-            return keyring.get_password(self.service, self.user)
+            value = keyring.get_password(self.service, self.user)
+        REDACTOR.add_secret(value)
+        return value
 
     def set(self, value: str) -> None:
         import keyring
 
+        REDACTOR.add_secret(value)
         with self._errors():
             keyring.set_password(self.service, self.user, value)
 
@@ -155,6 +161,7 @@ class TokenStore:
         token = token.strip()
         if not token:
             raise GemmaDesktopError("The token is empty.", "Paste a token from your HF settings.")
+        REDACTOR.add_secret(token)
         self._entry.set(token)
 
     def delete(self) -> bool:
@@ -169,6 +176,7 @@ class TokenStore:
     def write_token_file(self, token: str) -> Path:
         """Write Hugging Face's plaintext token file (only when the user chose it)."""
         path = self.token_file()
+        REDACTOR.add_secret(token.strip())
         atomic_write(path, token.strip(), mode=0o600)
         return path
 
@@ -181,7 +189,15 @@ class TokenStore:
         return True
 
     def locate(self) -> TokenLocation:
-        """The active token and its source: env, keyring, token file, session."""
+        """The active token and its source: env, keyring, token file, session.
+
+        Whatever it finds is handed to the logs' redactor first.
+        """
+        location = self._locate()
+        REDACTOR.add_secret(location.token)
+        return location
+
+    def _locate(self) -> TokenLocation:
         env_token = (self.env.get("HF_TOKEN") or "").strip()
         if env_token:
             return TokenLocation("env", env_token)

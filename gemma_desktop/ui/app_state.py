@@ -53,6 +53,8 @@ class AppState(QObject):
         # Read once before the window appears (a tiny file); never raises:
         # a bad value or a broken file becomes a warning the probe shows.
         self._settings = load_settings(env, store, strict=False)
+        for warning in self._settings.warnings:
+            log.warning("settings: %s", warning.message)
         self._report: ProbeReport | None = None
         self._first_report: asyncio.Future[ProbeReport] | None = None
         self._running: asyncio.Future[ProbeReport | None] | None = None

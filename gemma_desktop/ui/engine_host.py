@@ -17,12 +17,14 @@ Signals:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from PySide6.QtCore import QObject, Signal
 
 from gemma_desktop.core.engine.protocol import (
+    SLEEPING,
     Engine,
     EngineError,
     EngineState,
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[str, ProgressListener], Awaitable[Engine]]
 
 RUNNING_STATES = frozenset({EngineState.READY, EngineState.GENERATING})
+#: The status detail after Free GPU memory stopped an engine that cannot sleep.
+FREED_BY_STOP_DETAIL = "Memory freed: the engine is stopped; the next message starts it again"
 
 
 class EngineHost(QObject):
@@ -59,6 +63,7 @@ class EngineHost(QObject):
         self._owns_engine = True
         self._status = EngineStatus(EngineState.NOT_STARTED, model_id=variant_id)
         self._lock = asyncio.Lock()
+        self._starting: asyncio.Future[None] | None = None
 
     # --- state -------------------------------------------------------------------
 
@@ -81,7 +86,7 @@ class EngineHost(QObject):
     @property
     def is_busy(self) -> bool:
         """A start, stop or switch is under way."""
-        return self._lock.locked()
+        return self._lock.locked() or self.is_starting
 
     def set_variant(self, variant_id: str) -> None:
         """The model for the next start (the running engine is left alone)."""
@@ -103,7 +108,9 @@ class EngineHost(QObject):
         self._set_status(engine.status)
 
     def _set_status(self, status: EngineStatus) -> None:
-        self._status = status
+        previous, self._status = self._status, status
+        if (previous.state, previous.model_id) != (status.state, status.model_id):
+            log.info("engine %s: %s %s", status.state.value, status.model_id, status.detail)
         self.status_changed.emit(status)
 
     def _on_engine_state(self, status: EngineStatus) -> None:
@@ -119,15 +126,48 @@ class EngineHost(QObject):
             )
 
     # --- actions (each returns when done; the UI schedules them as tasks) ----------
+    #
+    # A start (preparing the model, vLLM's 10-60 s engine build) runs as its own
+    # task, outside the lock: Stop, Quit, Restart and switching the model cancel
+    # it first, which ends the engine's processes at once (the engine and the
+    # bundled model's converter handle the cancellation), so they act within a
+    # second or two in every state, starting included.
+
+    @property
+    def is_starting(self) -> bool:
+        return self._starting is not None and not self._starting.done()
 
     async def start(self) -> None:
         """Build the engine for the current variant (if needed) and start it."""
-        async with self._lock:
-            await self._start_locked()
-
-    async def _start_locked(self) -> None:
-        if self._engine is not None and self.is_running:
+        if self.is_starting:
+            assert self._starting is not None
+            await asyncio.shield(self._starting)  # one start at a time: join it
             return
+        async with self._lock:
+            if self._engine is not None and self.is_running:
+                return
+            task = asyncio.ensure_future(self._start_engine())
+            self._starting = task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # our caller was cancelled, not the start: cancel it too
+                task.cancel()
+            raise
+        finally:
+            if self._starting is task and task.done():
+                self._starting = None
+
+    async def _start_engine(self) -> None:
+        try:
+            await self._run_start()
+        except asyncio.CancelledError:
+            self._set_status(
+                EngineStatus(EngineState.STOPPED, "Start cancelled", model_id=self._variant_id)
+            )
+            raise
+
+    async def _run_start(self) -> None:
         if self._engine is None:
             if self._factory is None:
                 self._set_status(
@@ -158,23 +198,33 @@ class EngineHost(QObject):
             # The engine has set CRASHED with its reason and hint.
             self._set_status(self._engine.status)
 
+    async def _cancel_start(self) -> None:
+        """End a start under way (its processes included) and wait until it has."""
+        task = self._starting
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self._starting is task:
+            self._starting = None
+
     async def restart(self) -> None:
+        await self._cancel_start()
         async with self._lock:
             engine = self._engine
-            if engine is None:
-                await self._start_locked()
-                return
-            if self._owns_engine:
-                await engine.shutdown()
-                self._engine = None
-                await self._start_locked()
-            else:
+            if engine is not None and not self._owns_engine:
                 try:
                     await engine.restart()
                 except EngineError:
                     self._set_status(engine.status)
+                return
+            await self._stop_locked()
+        await self.start()
 
     async def stop(self) -> None:
+        """Stop the engine, or the start under way."""
+        await self._cancel_start()
         async with self._lock:
             await self._stop_locked()
 
@@ -188,15 +238,72 @@ class EngineHost(QObject):
         self._set_status(EngineStatus(EngineState.STOPPED, model_id=self._variant_id))
 
     async def switch(self, variant_id: str) -> None:
-        """Stop the running engine and start ``variant_id``."""
+        """Stop the running engine (or its start) and start ``variant_id``."""
+        await self._cancel_start()
         async with self._lock:
             await self._stop_locked()
             self.set_variant(variant_id)
-            await self._start_locked()
+        await self.start()
 
     async def shutdown(self) -> None:
-        """Stop the engine the host owns (at quit); an adopted engine keeps running."""
+        """Stop the engine the host owns (at quit, also while it starts); an adopted one
+        keeps running."""
+        await self._cancel_start()
         async with self._lock:
             if self._engine is not None and self._owns_engine:
                 await self._engine.shutdown()
             self._engine = None
+
+    # --- Free GPU memory, and waking for the next message ---------------------------------
+    #
+    # On the CUDA build the engine sleeps (vLLM sleep level 1: weights to RAM, KV cache
+    # dropped) and wakes in seconds; where it cannot sleep (the CPU build) Free GPU memory
+    # stops it, and the next message starts it again. The chat asks ensure_awake() before
+    # it sends.
+
+    @property
+    def is_sleeping(self) -> bool:
+        """Free GPU memory freed the engine's memory; the next message brings it back.
+        (Any later state, such as a Start or Stop, clears the mark.)"""
+        return self._status.extra.get(SLEEPING) == "1"
+
+    @property
+    def can_free_memory(self) -> bool:
+        return self._engine is not None and self.is_running and not self.is_sleeping
+
+    async def free_memory(self) -> None:
+        """Free the memory the model holds without quitting (see the section comment)."""
+        engine = self._engine
+        if engine is None or not self.is_running or self.is_sleeping:
+            return
+        if engine.abilities.sleep:
+            async with self._lock:
+                try:
+                    await engine.sleep()
+                except EngineError:
+                    self._set_status(engine.status)
+            return
+        await self.stop()
+        self._set_status(
+            EngineStatus(
+                EngineState.STOPPED,
+                FREED_BY_STOP_DETAIL,
+                self._variant_id,
+                extra={SLEEPING: "1"},
+            )
+        )
+
+    async def ensure_awake(self) -> None:
+        """Before a message is sent: wake a sleeping engine, or start the one Free GPU
+        memory stopped. Returns at once when the engine is awake."""
+        if not self.is_sleeping:
+            return
+        engine = self._engine
+        if engine is None:
+            await self.start()
+            return
+        async with self._lock:
+            try:
+                await engine.wake_up()
+            except EngineError:
+                self._set_status(engine.status)

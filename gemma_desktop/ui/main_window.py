@@ -49,6 +49,7 @@ from gemma_desktop.ui.panels.probe_panel import ProbePanel
 from gemma_desktop.ui.panels.token_panel import SecretSink, TokenPanel, Validator
 from gemma_desktop.ui.panels.variant_picker import VariantPicker
 from gemma_desktop.ui.tasks import spawn
+from gemma_desktop.ui.tray import FREE_MEMORY_TEXT, update_free_action
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,10 @@ class MainWindow(QMainWindow):
         self.stop_action = self._action("S&top engine", self.stop_engine)
         for action in (self.start_action, self.restart_action, self.stop_action):
             engine_menu.addAction(action)
+        engine_menu.addSeparator()
+        self.free_memory_action = self._action(FREE_MEMORY_TEXT, self.free_gpu_memory)
+        self.free_memory_action.setObjectName("freeGpuMemory")
+        engine_menu.addAction(self.free_memory_action)
 
         view_menu = bar.addMenu("&View")
         pages = (
@@ -296,12 +301,18 @@ class MainWindow(QMainWindow):
         self.chat.stop()
         spawn(self.host.stop(), "Stopping the engine")
 
+    def free_gpu_memory(self) -> None:
+        """Engine → Free GPU memory: sleep (CUDA) or stop (CPU build) until the next message."""
+        self.chat.stop()
+        spawn(self.host.free_memory(), "Freeing GPU memory")
+
     def _on_engine_status(self, status: EngineStatus) -> None:
         running = status.state in (EngineState.READY, EngineState.GENERATING)
         starting = status.state == EngineState.STARTING
         self.start_action.setEnabled(not running and not starting)
         self.restart_action.setEnabled(running or status.state == EngineState.CRASHED)
         self.stop_action.setEnabled(running or starting)
+        update_free_action(self.free_memory_action, self.host)
 
     async def _confirm_switch(self, variant_id: str) -> bool:
         if variant_id == self.host.variant_id:

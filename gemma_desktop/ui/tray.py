@@ -3,7 +3,9 @@
 With a system tray, Gemma Desktop lives in it: closing the main window hides
 it and the engine keeps running (the first time, a notification says so);
 the tray's menu shows or hides the window, starts a new chat, starts or stops
-the engine and quits. The icon and its tooltip show the engine's state.
+the engine, frees its GPU memory (Free GPU memory: the engine sleeps, or on the
+CPU build stops, until the next message) and quits. The icon and its tooltip
+show the engine's state.
 
 Without a system tray (some desktops, remote sessions), closing the window
 quits; when an answer is still streaming the user is asked first.
@@ -50,6 +52,26 @@ STATE_COLOURS: dict[EngineState, str] = {
     EngineState.CRASHED: "#c62828",
 }
 SLEEPING_COLOUR = "#6a5acd"
+FREE_MEMORY_TEXT = "Free GPU memory"
+
+
+def update_free_action(action: QAction, host: EngineHost, quitting: bool = False) -> None:
+    """The Free GPU memory action (tray and Engine menu): shown while the engine runs or
+    sleeps, enabled while it can free its memory; its tooltip says what it will do."""
+    sleeping = host.is_sleeping
+    action.setVisible(host.is_running or sleeping)
+    action.setEnabled(host.can_free_memory and not quitting)
+    engine = host.engine
+    if sleeping:
+        action.setText("GPU memory freed")
+        action.setToolTip("The next message brings the model back.")
+    else:
+        action.setText(FREE_MEMORY_TEXT)
+        action.setToolTip(
+            "Move the model out of the GPU (to RAM) until the next message."
+            if engine is not None and engine.abilities.sleep
+            else "Stop the engine to free its memory; the next message starts it again."
+        )
 
 
 def app_icon() -> QIcon:
@@ -142,17 +164,23 @@ class Tray(QObject):
         self.show_action = QAction("Show window", self.menu)
         self.new_chat_action = QAction("New chat", self.menu)
         self.engine_action = QAction("Start engine", self.menu)
+        self.free_action = QAction(FREE_MEMORY_TEXT, self.menu)
+        self.free_action.setObjectName("freeGpuMemory")
         self.quit_action = QAction(f"Quit {APP_NAME}", self.menu)
         self.menu.addAction(self.show_action)
         self.menu.addAction(self.new_chat_action)
         self.menu.addSeparator()
         self.menu.addAction(self.engine_action)
+        self.menu.addAction(self.free_action)
         self.menu.addSeparator()
         self.menu.addAction(self.quit_action)
         self.show_action.triggered.connect(self.toggle_window)
         self.new_chat_action.triggered.connect(self._new_chat)
         self.engine_action.triggered.connect(
             lambda: spawn(self.toggle_engine(), "The tray's engine action")
+        )
+        self.free_action.triggered.connect(
+            lambda: spawn(self.free_memory(), "The tray's Free GPU memory action")
         )
         self.quit_action.triggered.connect(self.request_quit)
         self.menu.aboutToShow.connect(self.refresh)
@@ -190,7 +218,8 @@ class Tray(QObject):
         """Bring the icon, tooltip and menu texts up to date."""
         status = self.host.status
         state = status.state
-        self.icon.setIcon(state_icon(self.base_icon, STATE_COLOURS[state]))
+        colour = SLEEPING_COLOUR if self.host.is_sleeping else STATE_COLOURS[state]
+        self.icon.setIcon(state_icon(self.base_icon, colour))
         self.icon.setToolTip(describe(status))
         self.show_action.setText("Hide window" if self.window.isVisible() else "Show window")
         if state in (EngineState.READY, EngineState.GENERATING):
@@ -205,6 +234,7 @@ class Tray(QObject):
             )
             self.engine_action.setEnabled(not self.quitting)
         self.new_chat_action.setEnabled(not self.quitting)
+        update_free_action(self.free_action, self.host, self.quitting)
 
     def streaming(self) -> bool:
         if self._is_streaming is not None:
@@ -237,6 +267,12 @@ class Tray(QObject):
             await self.host.restart()
         elif state is not EngineState.STARTING:
             await self.host.start()
+        self.refresh()
+
+    async def free_memory(self) -> None:
+        """Free GPU memory: the engine sleeps (CUDA) or stops (CPU build); the next
+        message brings it back."""
+        await self.host.free_memory()
         self.refresh()
 
     def request_quit(self) -> None:

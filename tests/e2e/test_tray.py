@@ -52,6 +52,9 @@ def test_tray_under_trayer_with_a_real_engine(tray_host: Any, isolated_dirs: Pat
     assert "engine ready" in started["tooltip"] and BUNDLED_MODEL_ID in started["tooltip"]
     assert started["engine_action"] == "Stop engine"
     assert started["pids"], "the engine started no EngineCore process"
+    # Free GPU memory is offered while the engine runs (tray and Engine menu).
+    assert started["free_visible"] is True and started["free_enabled"] is True
+    assert started["free_text"] == "Free GPU memory" and started["menu_free_enabled"] is True
 
     closed = steps["closed"]
     assert closed["window_visible"] is False and closed["state"] == "ready"
@@ -61,7 +64,18 @@ def test_tray_under_trayer_with_a_real_engine(tray_host: Any, isolated_dirs: Pat
     assert steps["shown"] == {"window_visible": True, "show_action": "Hide window"}
     assert steps["hidden"] == {"window_visible": False}
     assert steps["new_chat"] == {"requests": 1, "window_visible": True}
-    assert steps["quitting"]["alive"] == started["pids"]
+    # On the CPU build Free GPU memory stops the engine (its processes end) ...
+    freed = steps["freed"]
+    assert freed["state"] == "stopped" and "next message starts it again" in freed["detail"]
+    assert freed["alive"] == []
+    assert freed["free_text"] == "GPU memory freed" and freed["free_enabled"] is False
+    assert freed["menu_free_visible"] is True
+    # ... and the next message from the chat page starts it again and is answered.
+    woken = steps["woken"]
+    assert woken["state"] == "ready" and woken["sleeping"] is False
+    assert woken["messages"] >= 2 and woken["pids"]
+    assert set(woken["pids"]).isdisjoint(started["pids"])
+    assert steps["quitting"]["alive"] == woken["pids"]
 
     exited = steps["exited"]
     assert exited["state"] == "stopped"
@@ -77,7 +91,7 @@ def test_tray_under_trayer_with_a_real_engine(tray_host: Any, isolated_dirs: Pat
             continue
     _, alive = psutil.wait_procs(leftovers, timeout=30)
     assert alive == []
-    assert not [p for p in started["pids"] if psutil.pid_exists(p)]
+    assert not [p for p in started["pids"] + woken["pids"] if psutil.pid_exists(p)]
     # The notice is remembered in this test's own settings file, so it shows only once.
     assert SettingsStore().load()[NOTICE_KEY] is True
 

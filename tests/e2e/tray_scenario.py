@@ -96,6 +96,10 @@ def main() -> int:
                 tooltip=tray.icon.toolTip(),
                 engine_action=tray.engine_action.text(),
                 pids=pids,
+                free_visible=tray.free_action.isVisible(),
+                free_enabled=tray.free_action.isEnabled(),
+                free_text=tray.free_action.text(),
+                menu_free_enabled=window.free_memory_action.isEnabled(),
             )
             probe = asyncio.get_running_loop().run_in_executor(None, lambda: 42)
             try:
@@ -131,6 +135,42 @@ def main() -> int:
             tray.new_chat_action.trigger()
             await asyncio.sleep(0.2)
             emit("new_chat", requests=len(new_chats), window_visible=window.isVisible())
+            # Free GPU memory: on the CPU build the engine stops...
+            tray.free_action.trigger()
+            await wait_for(lambda: host.is_sleeping, 60, "memory freed")
+            await asyncio.sleep(0.2)
+            first = list(pids)
+            emit(
+                "freed",
+                state=host.status.state.value,
+                detail=host.status.detail,
+                alive=[p for p in first if psutil.pid_exists(p)],
+                free_text=tray.free_action.text(),
+                free_enabled=tray.free_action.isEnabled(),
+                menu_free_visible=window.free_memory_action.isVisible(),
+            )
+            # ... and the next message, sent from the chat page, starts it again.
+            window.chat.composer.setPlainText("The capital of France is")
+            window.chat.send()
+            await wait_for(
+                lambda: (
+                    window.chat.transcript.last_role == "assistant"
+                    and not window.chat.streaming
+                    and host.status.state is EngineState.READY
+                ),
+                400,
+                "the answer after freeing",
+            )
+            again: Any = host.engine
+            pids[:] = sorted(again.engine_pids) if again is not None else []
+            emit(
+                "woken",
+                state=host.status.state.value,
+                sleeping=host.is_sleeping,
+                messages=window.chat.transcript.message_count,
+                pids=pids,
+                first_pids=first,
+            )
             emit("quitting", alive=[p for p in pids if psutil.pid_exists(p)])
             tray.quit_action.trigger()
         except Exception as exc:

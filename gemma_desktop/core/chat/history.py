@@ -33,6 +33,17 @@ Schema versions (``PRAGMA user_version``):
 2. Adds each message's ``status``, ``model_id`` and ``stats`` (JSON), the
    conversation's ``model_id`` and ``system_prompt``, and the FTS5 index
    ``messages_fts`` kept in step by triggers.
+3. Adds each answer's ``thinking`` (shown apart, never sent back) and the
+   ``attachments`` table: a message's images and sound clips, in order, by
+   the sha256 of their file in the attachment store
+   (:mod:`gemma_desktop.core.chat.attachments`).
+
+Attachments: a message's files are written completely into the store before
+the message that refers to them is committed, and removed only after the last
+message that refers to them is deleted (under the store's cross-process lock),
+so a crash never leaves a message pointing at a missing or partial file.
+Deleting a conversation removes the files no other message uses; exports copy
+the files beside the exported document.
 
 :data:`MIGRATIONS` upgrades an older file in place, in one transaction.
 """
@@ -40,11 +51,13 @@ Schema versions (``PRAGMA user_version``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,14 +67,21 @@ from typing import Any, Literal, TypeVar
 
 from gemma_desktop import APP_NAME, __version__
 from gemma_desktop.core import paths
+from gemma_desktop.core.chat.attachments import (
+    AttachmentStore,
+    StoredAttachment,
+    format_duration,
+)
 from gemma_desktop.core.errors import GemmaDesktopError
-from gemma_desktop.core.fsutil import atomic_write
+from gemma_desktop.core.fsutil import atomic_copy, atomic_write, fsync_dir
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 DB_NAME = "history.sqlite3"
+#: The attachment store's folder, beside the database.
+ATTACHMENTS_DIR = "attachments"
 #: Seconds between writes of a streaming answer; at most this much text is lost on a crash.
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 
@@ -100,6 +120,9 @@ class Message:
     status: MessageStatus = "complete"
     model_id: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    #: An answer's thinking (shown apart from it, never sent back to the model).
+    thinking: str = ""
+    attachments: tuple[StoredAttachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,8 +194,32 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
 
 
+_ATTACHMENTS = """
+CREATE TABLE attachments (
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('image', 'audio')),
+    mime TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    meta TEXT,
+    PRIMARY KEY (message_id, position)
+);
+CREATE INDEX attachments_by_sha ON attachments(sha256);
+"""
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE messages ADD COLUMN thinking TEXT NOT NULL DEFAULT ''")
+    _executescript_in_tx(conn, _ATTACHMENTS)
+
+
 #: ``from_version -> step`` that brings a database to ``from_version + 1``.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}
 
 
 def _executescript_in_tx(conn: sqlite3.Connection, script: str) -> None:
@@ -212,6 +259,8 @@ class HistoryStore:
 
     def __init__(self, path: Path | None = None, *, recover: bool = True) -> None:
         self.path = path or default_path()
+        #: The attachment files, in a folder beside the database.
+        self.attachments = AttachmentStore(self.path.parent / ATTACHMENTS_DIR)
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +277,7 @@ class HistoryStore:
             self._migrate()
             if recover:
                 self.recover_interrupted()
+                self.sweep_attachments()
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._error("open", exc) from exc
@@ -308,11 +358,11 @@ class HistoryStore:
             if version == 0 and not _has_table(conn, "conversations"):
                 _executescript_in_tx(conn, _SCHEMA_V2)
                 _executescript_in_tx(conn, _FTS)
-            else:
-                version = max(version, 1)
-                while version < SCHEMA_VERSION:
-                    MIGRATIONS[version](conn)
-                    version += 1
+                version = 2
+            version = max(version, 1)
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
@@ -405,10 +455,49 @@ class HistoryStore:
             )
 
     def delete_conversation(self, conversation_id: int) -> bool:
-        """Delete a conversation and its messages; ``False`` when it did not exist."""
-        with self._write() as conn:
-            cur = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-            return cur.rowcount > 0
+        """Delete a conversation and its messages, and the attachment files no other
+        message uses; ``False`` when it did not exist."""
+        with self.attachments.lock():
+            with self._write() as conn:
+                shas = _shas(
+                    conn,
+                    "SELECT DISTINCT a.sha256 FROM attachments a "
+                    "JOIN messages m ON m.id = a.message_id WHERE m.conversation_id = ?",
+                    (conversation_id,),
+                )
+                cur = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+                deleted = cur.rowcount > 0
+            self._remove_unused(shas)
+        return deleted
+
+    def _remove_unused(self, shas: set[str]) -> None:
+        """After a committed deletion (under the attachment lock): remove the files of
+        ``shas`` that no message refers to any more."""
+        if not shas:
+            return
+        with self._read() as conn:
+            used = _shas(
+                conn,
+                f"SELECT DISTINCT sha256 FROM attachments WHERE sha256 IN "
+                f"({', '.join('?' * len(shas))})",
+                tuple(shas),
+            )
+        for sha in shas - used:
+            self.attachments.remove(sha)
+
+    def remove_unused_attachments(self, attachments: Sequence[StoredAttachment]) -> None:
+        """The chat let go of these files (a draft removed, a conversation closed): remove
+        those no message refers to and nothing else holds."""
+        with self.attachments.lock():
+            self._remove_unused({a.sha256 for a in attachments})
+
+    def sweep_attachments(self) -> int:
+        """Remove attachment files a crash left behind (old temporary files, old files no
+        message refers to); returns how many."""
+        with self.attachments.lock():
+            with self._read() as conn:
+                referenced = _shas(conn, "SELECT DISTINCT sha256 FROM attachments", ())
+            return self.attachments.sweep(referenced)
 
     # -- messages ---------------------------------------------------------------------
 
@@ -421,66 +510,155 @@ class HistoryStore:
         model_id: str | None = None,
         status: MessageStatus = "complete",
         stats: dict[str, Any] | None = None,
+        attachments: Sequence[StoredAttachment] = (),
+        thinking: str = "",
     ) -> Message:
-        """Append a finished message (a user turn, or a whole answer) in one commit."""
+        """Append a finished message (a user turn, or a whole answer) in one commit.
+
+        ``attachments`` must already be in :attr:`attachments` (written by
+        :meth:`AttachmentStore.put`); a file that is missing or partial is refused
+        (:class:`HistoryError`) and nothing is written.
+        """
         if role not in _ROLES:
             raise ValueError(f"unknown role {role!r}")
         now = time.time()
-        with self._write() as conn:
-            try:
-                cur = conn.execute(
-                    "INSERT INTO messages (conversation_id, role, content, created_at, status, "
-                    "model_id, stats) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conversation_id,
-                        role,
-                        content,
-                        now,
-                        status,
-                        model_id,
-                        json.dumps(stats) if stats else None,
-                    ),
+        with self.attachments.lock() if attachments else contextlib.nullcontext():
+            for attachment in attachments:
+                if not self.attachments.is_complete(attachment):
+                    raise HistoryError(
+                        f"The attached file {attachment.name} is missing from "
+                        f"{self.attachments.objects}.",
+                        "Attach it again and resend the message.",
+                    )
+            with self._write() as conn:
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO messages (conversation_id, role, content, created_at, "
+                        "status, model_id, stats, thinking) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            conversation_id,
+                            role,
+                            content,
+                            now,
+                            status,
+                            model_id,
+                            json.dumps(stats) if stats else None,
+                            thinking,
+                        ),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise ConversationNotFoundError(
+                        f"Conversation {conversation_id} does not exist.",
+                        "It may have been deleted in another window.",
+                    ) from exc
+                message_id = int(cur.lastrowid or 0)
+                conn.executemany(
+                    "INSERT INTO attachments (message_id, position, sha256, kind, mime, name, "
+                    "size, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            message_id,
+                            position,
+                            a.sha256,
+                            a.kind,
+                            a.mime,
+                            a.name,
+                            a.size,
+                            json.dumps(a.meta) if a.meta else None,
+                        )
+                        for position, a in enumerate(attachments)
+                    ],
                 )
-            except sqlite3.IntegrityError as exc:
-                raise ConversationNotFoundError(
-                    f"Conversation {conversation_id} does not exist.",
-                    "It may have been deleted in another window.",
-                ) from exc
-            conn.execute(
-                "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
-            )
-            message_id = int(cur.lastrowid or 0)
+                conn.execute(
+                    "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
+                )
         return Message(
-            message_id, conversation_id, role, content, now, status, model_id, stats or {}
+            message_id,
+            conversation_id,
+            role,
+            content,
+            now,
+            status,
+            model_id,
+            stats or {},
+            thinking,
+            tuple(attachments),
         )
 
     def messages(self, conversation_id: int) -> list[Message]:
-        """The conversation's messages in order."""
+        """The conversation's messages in order, with their attachments."""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT id, conversation_id, role, content, created_at, status, model_id, stats "
-                "FROM messages WHERE conversation_id = ? ORDER BY id",
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id",
                 (conversation_id,),
             ).fetchall()
-        return [_message(row) for row in rows]
+            files = self._attachments_of(
+                conn,
+                "SELECT a.message_id, a.sha256, a.kind, a.mime, a.name, a.size, a.meta "
+                "FROM attachments a JOIN messages m ON m.id = a.message_id "
+                "WHERE m.conversation_id = ? ORDER BY a.message_id, a.position",
+                (conversation_id,),
+            )
+        return [_message(row, files.get(row[0], ())) for row in rows]
 
     def message(self, message_id: int) -> Message | None:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT id, conversation_id, role, content, created_at, status, model_id, stats "
-                "FROM messages WHERE id = ?",
-                (message_id,),
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
-        return _message(row) if row else None
+            files = self._attachments_of(
+                conn,
+                "SELECT message_id, sha256, kind, mime, name, size, meta FROM attachments "
+                "WHERE message_id = ? ORDER BY position",
+                (message_id,),
+            )
+        return _message(row, files.get(message_id, ())) if row else None
+
+    def _attachments_of(
+        self, conn: sqlite3.Connection, query: str, args: tuple[Any, ...]
+    ) -> dict[int, tuple[StoredAttachment, ...]]:
+        found: dict[int, list[StoredAttachment]] = {}
+        for message_id, sha, kind, mime, name, size, meta in conn.execute(query, args):
+            facts = json.loads(meta) if meta else {}
+            found.setdefault(message_id, []).append(
+                StoredAttachment(
+                    sha256=sha,
+                    kind=kind,
+                    mime=mime,
+                    name=name,
+                    size=size,
+                    path=self.attachments.path_for(sha, mime),
+                    width=facts.get("width"),
+                    height=facts.get("height"),
+                    duration_s=facts.get("duration_s"),
+                )
+            )
+        return {key: tuple(value) for key, value in found.items()}
+
+    def referenced_shas(self) -> set[str]:
+        """The sha256 of every attachment file a message refers to."""
+        with self._read() as conn:
+            return _shas(conn, "SELECT DISTINCT sha256 FROM attachments", ())
 
     def delete_messages_from(self, conversation_id: int, message_id: int) -> int:
-        """Delete ``message_id`` and every later message (regenerate, edit and resend)."""
-        with self._write() as conn:
-            cur = conn.execute(
-                "DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
-                (conversation_id, message_id),
-            )
-            return cur.rowcount
+        """Delete ``message_id`` and every later message (regenerate, edit and resend),
+        and the attachment files no other message uses."""
+        with self.attachments.lock():
+            with self._write() as conn:
+                shas = _shas(
+                    conn,
+                    "SELECT DISTINCT a.sha256 FROM attachments a "
+                    "JOIN messages m ON m.id = a.message_id "
+                    "WHERE m.conversation_id = ? AND m.id >= ?",
+                    (conversation_id, message_id),
+                )
+                cur = conn.execute(
+                    "DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
+                    (conversation_id, message_id),
+                )
+                count = cur.rowcount
+            self._remove_unused(shas)
+        return count
 
     def begin_answer(self, conversation_id: int, *, model_id: str | None = None) -> AnswerWriter:
         """Insert an empty ``streaming`` assistant message and return its writer."""
@@ -496,18 +674,20 @@ class HistoryStore:
         content: str,
         status: MessageStatus,
         stats: dict[str, Any] | None,
+        thinking: str = "",
     ) -> None:
         now = time.time()
         with self._write() as conn:
             if stats is None:
                 conn.execute(
-                    "UPDATE messages SET content = ?, status = ? WHERE id = ?",
-                    (content, status, message_id),
+                    "UPDATE messages SET content = ?, status = ?, thinking = ? WHERE id = ?",
+                    (content, status, thinking, message_id),
                 )
             else:
                 conn.execute(
-                    "UPDATE messages SET content = ?, status = ?, stats = ? WHERE id = ?",
-                    (content, status, json.dumps(stats), message_id),
+                    "UPDATE messages SET content = ?, status = ?, stats = ?, thinking = ? "
+                    "WHERE id = ?",
+                    (content, status, json.dumps(stats), thinking, message_id),
                 )
             conn.execute(
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id)
@@ -556,11 +736,42 @@ class HistoryStore:
 
     # -- export -----------------------------------------------------------------------
 
-    def export_json(self, conversation_id: int) -> dict[str, Any]:
+    def export_json(
+        self, conversation_id: int, files: dict[tuple[int, int], str] | None = None
+    ) -> dict[str, Any]:
+        """The conversation as JSON; ``files`` maps ``(message id, position)`` to the path
+        (relative to the export) of each attachment's copy."""
         conversation = self.conversation(conversation_id)
+        files = files or {}
+        messages = []
+        for m in self.messages(conversation_id):
+            entry: dict[str, Any] = {
+                "role": m.role,
+                "content": m.content,
+                "created_at": _iso(m.created_at),
+                "status": m.status,
+                "model_id": m.model_id,
+                "stats": m.stats,
+            }
+            if m.thinking:
+                entry["thinking"] = m.thinking
+            if m.attachments:
+                entry["attachments"] = [
+                    {
+                        "kind": a.kind,
+                        "mime": a.mime,
+                        "name": a.name,
+                        "file": files.get((m.id, position)),
+                        "sha256": a.sha256,
+                        "size": a.size,
+                        **a.meta,
+                    }
+                    for position, a in enumerate(m.attachments)
+                ]
+            messages.append(entry)
         return {
             "format": "gemma-desktop-conversation",
-            "format_version": 1,
+            "format_version": 2,
             "exported_by": f"{APP_NAME} {__version__}",
             "conversation": {
                 "id": conversation.id,
@@ -570,21 +781,15 @@ class HistoryStore:
                 "model_id": conversation.model_id,
                 "system_prompt": conversation.system_prompt,
             },
-            "messages": [
-                {
-                    "role": m.role,
-                    "content": m.content,
-                    "created_at": _iso(m.created_at),
-                    "status": m.status,
-                    "model_id": m.model_id,
-                    "stats": m.stats,
-                }
-                for m in self.messages(conversation_id)
-            ],
+            "messages": messages,
         }
 
-    def export_markdown(self, conversation_id: int) -> str:
+    def export_markdown(
+        self, conversation_id: int, files: dict[tuple[int, int], str] | None = None
+    ) -> str:
+        """The conversation as Markdown; attachments link to ``files`` (see :meth:`export_json`)."""
         conversation = self.conversation(conversation_id)
+        files = files or {}
         lines = [f"# {conversation.title}", ""]
         meta = [
             f"Exported from {APP_NAME} {__version__}",
@@ -600,17 +805,66 @@ class HistoryStore:
             heading = f"## {names[m.role]}"
             if m.status not in ("complete", "streaming"):
                 heading += f" ({m.status})"
-            lines += [heading, "", m.content.rstrip(), ""]
+            lines += [heading, ""]
+            for position, a in enumerate(m.attachments):
+                link = _markdown_link(files.get((m.id, position)) or a.path.as_uri())
+                text = _markdown_text(a.name)
+                if a.kind == "image":
+                    lines.append(f"![{text}]({link})")
+                else:
+                    length = f" ({format_duration(a.duration_s)})" if a.duration_s else ""
+                    lines.append(f"[Audio: {text}{length}]({link})")
+                lines.append("")
+            if m.thinking.strip():
+                lines += [
+                    "<details><summary>Thinking</summary>",
+                    "",
+                    m.thinking.strip(),
+                    "",
+                    "</details>",
+                    "",
+                ]
+            lines += [m.content.rstrip(), ""]
         return "\n".join(lines).rstrip() + "\n"
 
     def export(self, conversation_id: int, target: Path) -> Path:
-        """Write the conversation to ``target`` (``.json``, else Markdown), atomically."""
+        """Write the conversation to ``target`` (``.json``, else Markdown), atomically.
+
+        Attachments are copied into a folder beside it, ``<name>_files/``, which the
+        document refers to by relative paths.
+        """
+        files = self._export_files(conversation_id, target)
         if target.suffix.lower() == ".json":
-            text = json.dumps(self.export_json(conversation_id), indent=2, ensure_ascii=False)
+            data = self.export_json(conversation_id, files)
+            text = json.dumps(data, indent=2, ensure_ascii=False)
         else:
-            text = self.export_markdown(conversation_id)
+            text = self.export_markdown(conversation_id, files)
         atomic_write(target, text + ("" if text.endswith("\n") else "\n"))
         return target
+
+    def _export_files(self, conversation_id: int, target: Path) -> dict[tuple[int, int], str]:
+        attached = [
+            (m.id, position, a)
+            for m in self.messages(conversation_id)
+            for position, a in enumerate(m.attachments)
+        ]
+        if not attached:
+            return {}
+        folder = target.parent / f"{target.stem}_files"
+        folder.mkdir(parents=True, exist_ok=True)
+        files: dict[tuple[int, int], str] = {}
+        for number, (message_id, position, a) in enumerate(attached, start=1):
+            name = f"{number:02d}-{_file_name(a.name, a.path.suffix)}"
+            try:
+                atomic_copy(a.path, folder / name)
+            except FileNotFoundError as exc:
+                raise HistoryError(
+                    f"The attached file {a.name} is missing from {self.attachments.objects}.",
+                    "The export was not written; the conversation itself is unchanged.",
+                ) from exc
+            files[(message_id, position)] = f"{folder.name}/{name}"
+        fsync_dir(folder)
+        return files
 
 
 class AnswerWriter:
@@ -633,6 +887,7 @@ class AnswerWriter:
         self.conversation_id = conversation_id
         self.flush_interval_s = flush_interval_s
         self._parts: list[str] = []
+        self._thinking: list[str] = []
         self._lock = threading.Lock()
         self._written_len = 0
         self._last_flush = time.monotonic()
@@ -643,25 +898,39 @@ class AnswerWriter:
         with self._lock:
             return "".join(self._parts)
 
+    @property
+    def thinking(self) -> str:
+        with self._lock:
+            return "".join(self._thinking)
+
     def append(self, text: str) -> None:
         with self._lock:
             self._parts.append(text)
 
-    def flush_due(self) -> bool:
+    def append_thinking(self, text: str) -> None:
         with self._lock:
-            pending = sum(len(p) for p in self._parts) != self._written_len
+            self._thinking.append(text)
+
+    def _length(self) -> int:
+        with self._lock:
+            return sum(len(p) for p in self._parts) + sum(len(p) for p in self._thinking)
+
+    def flush_due(self) -> bool:
+        pending = self._length() != self._written_len
         return pending and time.monotonic() - self._last_flush >= self.flush_interval_s
 
     def flush(self) -> None:
         """Write the text so far (status stays ``streaming``)."""
         if self.finished:
             return
-        text = self.text
+        text, thinking = self.text, self.thinking
         self._last_flush = time.monotonic()
-        if len(text) == self._written_len:
+        if len(text) + len(thinking) == self._written_len:
             return
-        self.store._write_answer(self.message_id, self.conversation_id, text, "streaming", None)
-        self._written_len = len(text)
+        self.store._write_answer(
+            self.message_id, self.conversation_id, text, "streaming", None, thinking
+        )
+        self._written_len = len(text) + len(thinking)
 
     def finish(
         self, status: MessageStatus = "complete", stats: dict[str, Any] | None = None
@@ -670,7 +939,7 @@ class AnswerWriter:
         if status not in _FINAL_STATUSES:
             raise ValueError(f"not a final status: {status!r}")
         self.store._write_answer(
-            self.message_id, self.conversation_id, self.text, status, stats or {}
+            self.message_id, self.conversation_id, self.text, status, stats or {}, self.thinking
         )
         self.finished = True
 
@@ -706,9 +975,34 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
-def _message(row: tuple[Any, ...]) -> Message:
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, role, content, created_at, status, model_id, stats, thinking"
+)
+
+
+def _message(row: tuple[Any, ...], attachments: tuple[StoredAttachment, ...] = ()) -> Message:
     stats = json.loads(row[7]) if row[7] else {}
-    return Message(row[0], row[1], row[2], row[3], row[4], row[5], row[6], stats)
+    return Message(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], stats, row[8] or "", attachments
+    )
+
+
+def _shas(conn: sqlite3.Connection, query: str, args: tuple[Any, ...]) -> set[str]:
+    return {str(row[0]) for row in conn.execute(query, args)}
+
+
+def _file_name(name: str, suffix: str) -> str:
+    """A safe file name for an exported attachment, keeping the stored file's type."""
+    stem = re.sub(r"[^\w\- ]+", "", Path(name).stem).strip().replace(" ", "-")[:60] or "file"
+    return f"{stem}{suffix}"
+
+
+def _markdown_link(target: str) -> str:
+    return target.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+
+
+def _markdown_text(text: str) -> str:
+    return re.sub(r"([\\\[\]*_`])", r"\\\1", text)
 
 
 def _clean_title(title: str) -> str:

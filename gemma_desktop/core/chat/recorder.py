@@ -13,10 +13,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_desktop.core.chat.attachments import StoredAttachment
 from gemma_desktop.core.chat.history import (
     AnswerWriter,
     AsyncHistory,
@@ -53,6 +54,7 @@ class _Answer:
     record: _Record
     refs: list[_Ref]
     parts: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
     writer: AnswerWriter | None = None
     flushing: bool = False
     last_check: float = 0.0
@@ -122,17 +124,28 @@ class ConversationRecorder:
         self._record = _Record()
         self._refs = []
 
-    def add_user(self, text: str, *, model_id: str | None, system_prompt: str | None) -> None:
-        """A user message; the first one creates the conversation, titled after it."""
+    def add_user(
+        self,
+        text: str,
+        *,
+        model_id: str | None,
+        system_prompt: str | None,
+        attachments: Sequence[StoredAttachment] = (),
+    ) -> None:
+        """A user message; the first one creates the conversation, titled after it (or
+        after its first attachment when it has no text). ``attachments`` are files
+        already in the history's attachment store."""
         record, ref, store = self._record, _Ref(), self.history.store
         self._refs.append(ref)
+        files = tuple(attachments)
+        title = title_from_prompt(text) if text.strip() or not files else files[0].name
 
         async def op() -> None:
             if record.id is None:
                 created = await self.history.call(
                     functools.partial(
                         store.create_conversation,
-                        title_from_prompt(text),
+                        title,
                         model_id=model_id,
                         system_prompt=system_prompt,
                     )
@@ -142,7 +155,9 @@ class ConversationRecorder:
             elif system_prompt != record.system_prompt:
                 await self.history.call(store.set_system_prompt, record.id, system_prompt)
                 record.system_prompt = system_prompt
-            message = await self.history.call(store.add_message, record.id, "user", text)
+            message = await self.history.call(
+                functools.partial(store.add_message, record.id, "user", text, attachments=files)
+            )
             ref.id = message.id
             self.changed.emit()
 
@@ -160,6 +175,7 @@ class ConversationRecorder:
             writer = await self.history.call(
                 functools.partial(store.begin_answer, answer.record.id, model_id=model_id)
             )
+            writer.append_thinking("".join(answer.thinking))
             writer.append("".join(answer.parts))
             answer.writer = writer
 
@@ -171,10 +187,24 @@ class ConversationRecorder:
         if answer is None:
             return
         answer.parts.append(text)
+        if answer.writer is not None:
+            answer.writer.append(text)
+        self._maybe_flush(answer)
+
+    def append_thinking(self, text: str) -> None:
+        """Thinking text of the answer (kept apart from it; buffered like :meth:`append`)."""
+        answer = self._answer
+        if answer is None:
+            return
+        answer.thinking.append(text)
+        if answer.writer is not None:
+            answer.writer.append_thinking(text)
+        self._maybe_flush(answer)
+
+    def _maybe_flush(self, answer: _Answer) -> None:
         writer = answer.writer
         if writer is None:
             return
-        writer.append(text)
         now = time.monotonic()
         # flush_due() adds up the buffered text: ask it once per interval, not per token.
         if answer.flushing or now - answer.last_check < writer.flush_interval_s:
@@ -192,7 +222,8 @@ class ConversationRecorder:
             self._queue(op)
 
     def end_answer(self, status: MessageStatus, stats: dict[str, Any] | None) -> None:
-        """The answer ended; an answer without text is removed instead of kept."""
+        """The answer ended; an answer without text is removed instead of kept (its
+        thinking alone has nothing to continue from)."""
         answer, self._answer = self._answer, None
         if answer is None:
             return
@@ -240,6 +271,19 @@ class ConversationRecorder:
                     await self.history.call(store.delete_conversation, record.id)
                     record.id = None
             self.changed.emit()
+
+        self._queue(op)
+
+    def let_go(self, attachments: Sequence[StoredAttachment]) -> None:
+        """The chat no longer shows or drafts these files: the history removes those no
+        message refers to (queued behind the writes before it, so a message being
+        written keeps its files)."""
+        files, store = tuple(attachments), self.history.store
+        if not files:
+            return
+
+        async def op() -> None:
+            await self.history.call(store.remove_unused_attachments, files)
 
         self._queue(op)
 

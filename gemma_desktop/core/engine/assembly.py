@@ -35,6 +35,7 @@ from gemma_desktop.core.models.hub_cache import local_model_path
 from gemma_desktop.core.settings import Settings
 
 if TYPE_CHECKING:
+    from gemma_desktop.core.engine.processes import EngineRegistry
     from gemma_desktop.core.engine.vllm_local import VllmEngine
     from gemma_desktop.core.machine.gpu import GpuInfo
     from gemma_desktop.core.machine.probe import ProbeReport, VllmBuild
@@ -42,27 +43,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MachineFacts:
-    """What the engine's configuration depends on: the vLLM build and the GPU it uses.
+    """What the engine's configuration depends on: the vLLM build, the GPU it uses
+    (exact bytes, as the probe read it) and the environment that gives it that GPU.
 
     ``gpu`` is ``None`` without a CUDA GPU (the engine then runs on vLLM's CPU build).
     """
 
     vllm_build: VllmBuild | None = None
     gpu: GpuInfo | None = None
+    #: ``CUDA_DEVICE_ORDER`` / ``CUDA_VISIBLE_DEVICES`` for the engine (the probe's choice).
+    device_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_report(cls, report: ProbeReport) -> MachineFacts:
-        gpu = report.best_gpu if report.vllm_build == "cuda" else None
-        return cls(report.vllm_build, gpu)
+        if report.vllm_build != "cuda" or report.chosen_gpu is None:
+            return cls(report.vllm_build, None)
+        return cls(report.vllm_build, report.chosen_gpu, report.device_env)
 
     @classmethod
     def cpu(cls) -> MachineFacts:
         """A machine without a CUDA GPU (the CPU build)."""
         return cls("cpu", None)
-
-    @property
-    def total_vram_gb(self) -> float | None:
-        return self.gpu.total_vram_gb if self.gpu is not None else None
 
 
 def local_config(
@@ -76,12 +77,18 @@ def local_config(
     """The vLLM configuration for ``variant`` on ``machine``.
 
     ``model_path`` is the model's folder on disk (the bundled model's, or the
-    Hub cache's snapshot); without one it is looked up in the cache.
+    Hub cache's snapshot); without one it is looked up in the cache. The memory
+    estimate reads the same folder's files (else the catalog's published figures).
     """
     if model_path is None:
         model_path = local_model_path(variant, settings.hf_hub_cache.value)
     return EngineConfig.build(
-        settings, variant, total_vram_gb=machine.total_vram_gb, model_path=model_path, dtype=dtype
+        settings,
+        variant,
+        gpu=machine.gpu,
+        model_path=model_path,
+        dtype=dtype,
+        device_env=machine.device_env,
     )
 
 
@@ -97,9 +104,12 @@ class EngineAssembly:
         catalog: VariantCatalog | None = None,
         *,
         session_keys: Mapping[str, str] | None = None,
+        registry: EngineRegistry | None = None,
     ) -> None:
         self.catalog = catalog or VariantCatalog()
         self.session_keys = session_keys if session_keys is not None else {}
+        #: Where the local engine records its processes (the next launch ends leftovers).
+        self.registry = registry
 
     async def build(
         self,
@@ -156,7 +166,7 @@ class EngineAssembly:
                     "token.",
                 )
         config = local_config(settings, variant, machine, model_path=model_path, dtype=dtype)
-        return VllmEngine(config)
+        return VllmEngine(config, self.registry)
 
     async def remote(self, settings: Settings) -> Engine:
         """A :class:`RemoteEngine` for the saved server (its key: this session, else keyring)."""

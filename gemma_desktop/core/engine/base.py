@@ -132,6 +132,16 @@ class EngineBase:
     async def shutdown(self) -> None:
         raise NotImplementedError
 
+    async def sleep(self) -> None:
+        """Engines without sleep mode refuse (:attr:`abilities` says ``sleep=False``)."""
+        raise EngineError(
+            "This engine cannot free its memory and keep running.",
+            "Stop the engine instead; the next message starts it again.",
+        )
+
+    async def wake_up(self) -> None:
+        """Nothing to wake: an engine without sleep mode never sleeps."""
+
     async def restart(self) -> None:
         """Shut down (whatever state the engine is in) and start again: after a crash,
         a new key, a server restart."""

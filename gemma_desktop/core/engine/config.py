@@ -1,15 +1,23 @@
 """The engine's vLLM settings, derived like the seed's ``VllmConfig``.
 
 The seed's fields and defaults: ``tensor_parallel_size`` 1, ``dtype`` auto,
-``gpu_memory_utilization`` from settings (0.5), ``max_model_len`` from settings
+``gpu_memory_utilization`` from settings, ``max_model_len`` from settings
 (the model's own limit when unset), the Hub cache as download dir, eager mode
 (CUDA-graph capture costs ~5 GB on Gemma 4), prefix caching and chunked
 prefill left to vLLM, ``max_num_seqs`` 16, ``block_size`` and ``quantization``
-left to vLLM, ``limit_mm_per_prompt`` unset (Gemma 4's text-only fast path
-breaks when it is set), and ``cpu_offload_gb`` 4 for E4B on cards under 24 GB
-so it fits a 16 GB card.
+left to vLLM, ``limit_mm_per_prompt`` unset (vLLM's default: images, audio and
+video on) unless the settings ask for text-only mode (:data:`TEXT_ONLY_LIMITS`).
 
-Without a CUDA GPU (``total_vram_gb is None``) the engine runs on vLLM's CPU
+On a CUDA GPU the memory estimate decides (:func:`gemma_desktop.core.machine.memory.plan_gpu`,
+on exact bytes): ``gpu_memory_utilization`` is the user's setting, or else the
+share the model needs (at least 0.5, at most 0.9 and never more than is free);
+``cpu_offload_gb`` is the user's setting, or else only what still does not fit,
+rounded up to whole GiB (an RTX 4090's 24564 MiB hold E4B without offload; a
+16 GB card offloads 4 GiB). The engine starts with sleep mode on (Free GPU
+memory) and with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` / ``CUDA_VISIBLE_DEVICES``
+naming the card the probe chose (:attr:`EngineConfig.device_env`).
+
+Without a CUDA GPU (``gpu is None``) the engine runs on vLLM's CPU
 build, where ``gpu_memory_utilization`` is the fraction of *all* RAM vLLM
 insists on being free at start (0.5 of a 24 GiB machine shared with other
 programs often is not). There the KV cache is reserved explicitly with
@@ -26,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gemma_desktop.core.machine.gpu import GIB, GpuInfo
+from gemma_desktop.core.machine.memory import GpuPlan, ModelFigures, figures_for, plan_gpu
 from gemma_desktop.core.models.catalog import Variant
 from gemma_desktop.core.settings import Settings
 
@@ -37,9 +47,13 @@ CPU_KV_BYTES_PER_TOKEN = 64 * 1024
 #: Context length used on the CPU build when the settings leave it open; the
 #: bundled model's own 32 768 would make each full conversation 0.6-1.2 GB of KV.
 CPU_MAX_MODEL_LEN = 4096
-#: Cards with at least this much VRAM run E4B without CPU offload.
-OFFLOAD_FREE_VRAM_GB = 24.0
-E4B_CPU_OFFLOAD_GB = 4.0
+#: ``limit_mm_per_prompt`` of text-only mode (``settings.text_only``,
+#: ATOMR_INFER_GEMMA_TEXT_ONLY). Every modality must be 0, video included: only
+#: then does vLLM skip the encoders' profiling and memory (a 262k-vocabulary
+#: Gemma 4 then starts in about a third of the time and half the RAM).
+TEXT_ONLY_LIMITS: dict[str, int] = {"image": 0, "audio": 0, "video": 0}
+#: Bytes per weight of the dtypes the app passes (``auto`` is the checkpoint's own).
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 #: Every ``AsyncEngineArgs`` name :meth:`EngineConfig.to_engine_args_kwargs` may pass.
 ENGINE_ARG_NAMES: tuple[str, ...] = (
@@ -58,6 +72,7 @@ ENGINE_ARG_NAMES: tuple[str, ...] = (
     "limit_mm_per_prompt",
     "cpu_offload_gb",
     "kv_cache_memory_bytes",
+    "enable_sleep_mode",
     "disable_log_stats",
     "seed",
 )
@@ -87,10 +102,15 @@ class EngineConfig:
     limit_mm_per_prompt: dict[str, int] | None = None
     cpu_offload_gb: float | None = None
     kv_cache_memory_bytes: int | None = None
+    enable_sleep_mode: bool | None = None
     disable_log_stats: bool = True
     seed: int | None = None
     #: Whether the engine runs on vLLM's CPU build (no CUDA GPU).
     on_cpu: bool = False
+    #: Environment the engine process needs before CUDA starts (which card it gets).
+    device_env: tuple[tuple[str, str], ...] = ()
+    #: The memory estimate and the share/offload chosen from it (CUDA only).
+    memory_plan: GpuPlan | None = None
 
     @classmethod
     def build(
@@ -98,36 +118,71 @@ class EngineConfig:
         settings: Settings,
         variant: Variant,
         *,
-        total_vram_gb: float | None,
+        gpu: GpuInfo | None,
         model_path: Path | None = None,
         dtype: str = "auto",
+        figures: ModelFigures | None = None,
+        device_env: tuple[tuple[str, str], ...] = (),
     ) -> EngineConfig:
-        """Derive the config from the settings, the variant and the GPU's size.
+        """Derive the config from the settings, the variant and the GPU the engine uses.
 
-        ``total_vram_gb`` is the probe's figure for the GPU the engine uses, or
-        ``None`` without a CUDA GPU. ``model_path`` replaces the Hub id (the
-        bundled model's folder, or a local snapshot).
+        ``gpu`` is the probe's reading of that GPU (exact bytes), or ``None``
+        without a CUDA GPU. ``model_path`` replaces the Hub id (the bundled
+        model's folder, or a local snapshot). ``figures`` are the model's
+        (default: from ``model_path``'s files, else the catalog's published
+        figures). ``device_env`` is what the engine needs to get that GPU.
         """
-        on_cpu = total_vram_gb is None
+        on_cpu = gpu is None
         max_len = settings.max_model_len.value
+        text_only = settings.text_only.value and bool(variant.inputs)
+        util = settings.gpu_memory_utilization.value
         offload: float | None = None
         kv_bytes: int | None = None
+        plan: GpuPlan | None = None
         if on_cpu:
             max_len = max_len or CPU_MAX_MODEL_LEN
             kv_bytes = max(CPU_KV_CACHE_BYTES, max_len * CPU_KV_BYTES_PER_TOKEN)
-        elif "E4B" in variant.id and total_vram_gb is not None:
-            offload = E4B_CPU_OFFLOAD_GB if total_vram_gb < OFFLOAD_FREE_VRAM_GB else None
+        else:
+            assert gpu is not None
+            figures = figures or figures_for(variant, model_path)
+            if figures is not None:
+                plan = plan_gpu(
+                    figures,
+                    gpu,
+                    context=max_len,
+                    utilization=util
+                    if settings.gpu_memory_utilization.source != "default"
+                    else None,
+                    offload_gib=settings.cpu_offload_gb.value,
+                    text_only=text_only,
+                    dtype_bytes=_DTYPE_BYTES.get(dtype),
+                    floor_bytes=int((variant.min_vram_gb or 0.0) * GIB),
+                )
+                util, offload = plan.utilization, plan.offload_gib or None
+            elif settings.cpu_offload_gb.value:
+                offload = settings.cpu_offload_gb.value
         return cls(
             model=str(model_path.resolve()) if model_path is not None else variant.id,
             model_id=variant.id,
             dtype=dtype,
-            gpu_memory_utilization=settings.gpu_memory_utilization.value,
+            gpu_memory_utilization=util,
             max_model_len=max_len,
             download_dir=str(settings.hf_hub_cache.value),
             cpu_offload_gb=offload,
             kv_cache_memory_bytes=kv_bytes,
+            limit_mm_per_prompt=dict(TEXT_ONLY_LIMITS) if text_only else None,
+            # vLLM refuses sleep mode on the CPU platform; on CUDA it is Free GPU memory.
+            enable_sleep_mode=None if on_cpu else True,
             on_cpu=on_cpu,
+            device_env=() if on_cpu else device_env,
+            memory_plan=plan,
         )
+
+    @property
+    def text_only(self) -> bool:
+        """Whether every modality is switched off (text-only mode)."""
+        limits = self.limit_mm_per_prompt
+        return limits is not None and all(limits.get(k, 1) == 0 for k in TEXT_ONLY_LIMITS)
 
     def to_engine_args_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.AsyncEngineArgs``; unset (``None``) values are left out."""
@@ -147,6 +202,7 @@ class EngineConfig:
             "limit_mm_per_prompt": self.limit_mm_per_prompt,
             "cpu_offload_gb": self.cpu_offload_gb,
             "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
+            "enable_sleep_mode": self.enable_sleep_mode,
             "disable_log_stats": self.disable_log_stats,
             "seed": self.seed,
         }

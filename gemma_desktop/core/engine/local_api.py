@@ -28,6 +28,11 @@ The served model name is the deployment name (``settings.deployment_name``,
 ``ATOMR_INFER_GEMMA_DEPLOYMENT``, default ``gemma-local``). The server runs as
 a task on the app's asyncio loop (uvicorn with ``loop="none"``, its signal
 handlers disabled so Ctrl-C still reaches the app) and :meth:`stop` ends it.
+Images (``image_url``) and audio (``input_audio`` or ``audio_url``) go to a Gemma 4
+model as vLLM's server takes them; on the CPU build send audio at 16 kHz (vLLM's
+resampler needs torchaudio, which the CPU build cannot install). A Gemma 4 chat
+model's thinking streams as ``reasoning`` (vLLM's Gemma 4 reasoning parser), and
+``chat_template_kwargs: {"enable_thinking": true}`` turns it on.
 While the engine is not running (starting, crashed, stopped) requests get 503;
 after an engine restart the serving state is rebuilt for the new engine.
 """
@@ -50,6 +55,7 @@ from gemma_desktop.core.engine import vllm_compat
 from gemma_desktop.core.engine.protocol import Engine
 from gemma_desktop.core.errors import GemmaDesktopError
 from gemma_desktop.core.fsutil import atomic_write
+from gemma_desktop.core.logs import REDACTOR
 from gemma_desktop.core.secrets import KEYRING_SERVICE, KeyringUnavailableError, TokenStore
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,7 @@ class LocalApiTokenStore:
             value = self.token_file.read_text(encoding="utf-8").strip()
         except OSError:
             return None
+        REDACTOR.add_secret(value)
         return LocalApiToken(value, "file", self.token_file) if value else None
 
     def get_or_create(self) -> LocalApiToken:
@@ -114,6 +121,7 @@ class LocalApiTokenStore:
     def regenerate(self) -> LocalApiToken:
         """A new token (the old one stops working at the next start)."""
         value = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        REDACTOR.add_secret(value)
         try:
             self._keyring.save(value)
         except KeyringUnavailableError as exc:
@@ -358,8 +366,15 @@ class LocalApiServer:
             tokenizer = client.get_tokenizer() if hasattr(client, "get_tokenizer") else None
             # The local engine prompts a model without a chat template with the
             # documented base format; the endpoint does the same.
-            args.chat_template = (
-                None if getattr(tokenizer, "chat_template", None) else BASE_CHAT_TEMPLATE
+            own_template = bool(getattr(tokenizer, "chat_template", None))
+            args.chat_template = None if own_template else BASE_CHAT_TEMPLATE
+            # A Gemma 4 chat model streams its thinking apart (``reasoning``), as
+            # ``vllm serve --reasoning-parser gemma4`` does.
+            model_type = getattr(getattr(client.model_config, "hf_config", None), "model_type", "")
+            args.reasoning_parser = (
+                vllm_compat.GEMMA4_REASONING_PARSER
+                if own_template and model_type == "gemma4"
+                else None
             )
             await vllm_compat.init_openai_state(client, self._app.state, args)
             self._state_client = client

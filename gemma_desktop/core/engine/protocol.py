@@ -158,6 +158,11 @@ class StartProgress:
     fraction: float | None = None
 
 
+#: :attr:`EngineStatus.extra` key set (to ``"1"``) while the engine's memory is freed
+#: (:meth:`Engine.sleep`, or the CPU build's stop for Free GPU memory).
+SLEEPING = "sleeping"
+
+
 @dataclass
 class EngineStatus:
     state: EngineState
@@ -229,6 +234,13 @@ class Engine(Protocol):
     async def check_health(self) -> bool: ...
 
     async def restart(self) -> None: ...
+
+    async def sleep(self) -> None:
+        """Free the accelerator's memory and keep the engine (only where
+        :attr:`abilities` says ``sleep``; otherwise :class:`EngineError`)."""
+
+    async def wake_up(self) -> None:
+        """Take the memory back after :meth:`sleep` (nothing to do when awake)."""
 
     async def shutdown(self) -> None:
         """Stop the engine and every process it started. Safe to call twice."""

@@ -13,6 +13,23 @@ this engine talks to it over HTTP instead of starting a model in the app:
   is prompted through ``/v1/completions`` with the app's documented base-model
   format (:data:`gemma_desktop.core.engine.prompt.BASE_CHAT_TEMPLATE`), the same
   text the local engine builds, so a greedy answer is the same on both.
+* Attachments go as OpenAI content parts, decoded and sized by
+  :mod:`gemma_desktop.core.media` as the local engine does them: images as
+  ``image_url`` PNG data URLs, audio as ``input_audio`` 16 kHz WAV clips of at
+  most 30 s (vLLM's server decodes WAV without torchaudio, and needs no
+  resampling).
+* What the model takes (:attr:`RemoteEngine.abilities`): vLLM's ``/v1/models``
+  says nothing about modalities, so the rule is the model's name: the served
+  name, else the ``root`` the server loaded it from (a Hub id, or a path whose
+  folder is named after one: ``.../models--google--gemma-4-E2B-it/snapshots/...``),
+  matched against the catalog's Gemma 4 variants, which declare their inputs and
+  thinking. Any other model is taken to read text only. Nothing is sent to
+  find out.
+* Thinking (:attr:`SamplingOptions.thinking` on a model that can think) sets
+  the template's ``enable_thinking``; a server started with
+  ``--reasoning-parser gemma4`` streams the thinking apart (``reasoning``, or
+  ``reasoning_content`` on older servers), which arrives as
+  :class:`~gemma_desktop.core.engine.protocol.ThinkingDelta` items.
 * Stop (:meth:`RemoteEngine.abort`, or closing the stream) closes the HTTP
   stream; vLLM aborts a request whose client disconnects, so the server stops
   generating at once.
@@ -34,6 +51,7 @@ it is sent only in the ``Authorization`` header and never logged.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -48,6 +66,7 @@ from gemma_desktop.core.engine.base import EngineBase
 from gemma_desktop.core.engine.prompt import render_base_prompt
 from gemma_desktop.core.engine.protocol import (
     ChatMessage,
+    EngineAbilities,
     EngineDeadError,
     EngineError,
     EngineState,
@@ -59,8 +78,18 @@ from gemma_desktop.core.engine.protocol import (
     SamplingOptions,
     StartProgress,
     StreamItem,
+    ThinkingDelta,
+    UnsupportedInputError,
 )
 from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.logs import REDACTOR
+from gemma_desktop.core.media import (
+    decode_attachments,
+    image_data_url,
+    refuse_unsupported,
+    wav_bytes,
+)
+from gemma_desktop.core.models.catalog import Variant, VariantCatalog
 from gemma_desktop.core.secrets import KEYRING_SERVICE, TokenStore
 
 log = logging.getLogger(__name__)
@@ -140,6 +169,7 @@ class ApiKeyStore:
         :class:`~gemma_desktop.core.secrets.KeyringUnavailableError` only when
         the keyring fails and no session key is set."""
         if self.session_key:
+            REDACTOR.add_secret(self.session_key)
             return self.session_key
         return self._store.keyring_get() or None
 
@@ -384,6 +414,7 @@ class RemoteEngine(EngineBase):
         self._requested_model = model
         self._model: str | None = model
         self._api_key = api_key.strip() if api_key else None
+        REDACTOR.add_secret(self._api_key)
         self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         self._health_poll_s = health_poll_s
         self._client: httpx.AsyncClient | None = None
@@ -414,6 +445,14 @@ class RemoteEngine(EngineBase):
         return None
 
     @property
+    def abilities(self) -> EngineAbilities:
+        """What the server's model takes, by its name (see the module docstring)."""
+        entry = next((m for m in self._models if m.id == self._model), None)
+        if entry is None:
+            return EngineAbilities(why_not="Not connected to a server yet.")
+        return remote_abilities(entry)
+
+    @property
     def api_mode(self) -> ApiMode:
         """``chat`` (the server's chat template) or ``completion`` (base-model format)."""
         return self._mode
@@ -421,6 +460,7 @@ class RemoteEngine(EngineBase):
     def set_api_key(self, api_key: str | None) -> None:
         """Use another key from the next request on (after a 401, say)."""
         self._api_key = api_key.strip() if api_key else None
+        REDACTOR.add_secret(self._api_key)
 
     def _set_state(self, state: EngineState, detail: str = "", hint: str = "") -> None:
         self._publish(
@@ -530,7 +570,10 @@ class RemoteEngine(EngineBase):
     # -- chatting ---------------------------------------------------------------------------
 
     def _request(
-        self, messages: Sequence[ChatMessage], options: SamplingOptions
+        self,
+        messages: Sequence[ChatMessage],
+        options: SamplingOptions,
+        contents: Sequence[str | list[dict[str, Any]]] = (),
     ) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": self._model,
@@ -544,8 +587,20 @@ class RemoteEngine(EngineBase):
         if options.seed is not None:
             body["seed"] = options.seed
         if self._mode == "chat":
-            body["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+            body["messages"] = [
+                {"role": m.role, "content": contents[i] if i < len(contents) else m.content}
+                for i, m in enumerate(messages)
+            ]
+            if options.thinking and self.abilities.thinking:
+                body["chat_template_kwargs"] = {"enable_thinking": True}
             return "/v1/chat/completions", body
+        if any(message.attachments for message in messages):
+            raise UnsupportedInputError(
+                f"{self._model} on {self.base_url} has no chat template, so it cannot "
+                "take images or audio (vLLM's completions API reads text only).",
+                "Remove the attachments, or serve an instruction-tuned model (its chat "
+                "template places them).",
+            )
         prompt, stop = render_base_prompt(messages)
         body["prompt"] = prompt
         if stop:
@@ -626,6 +681,17 @@ class RemoteEngine(EngineBase):
             )
         if not messages:
             raise ValueError("a chat needs at least one message")
+        contents: list[str | list[dict[str, Any]]] = []
+        if any(message.attachments for message in messages):
+            refuse_unsupported(
+                messages,
+                self.abilities,
+                self.model_id,
+                "Remove the attachment, or connect to a server running a Gemma 4 model "
+                "(E2B or E4B), which reads both.",
+            )
+            loop = asyncio.get_running_loop()
+            contents = await loop.run_in_executor(None, content_parts, messages)
         request = self._begin_request(request_id)
         rid, stats = request.request_id, request.stats
         queue: asyncio.Queue[_Event] = asyncio.Queue()
@@ -633,7 +699,7 @@ class RemoteEngine(EngineBase):
         try:
             event: _Event
             while True:  # at most twice: the chat API, then the completion API
-                path, body = self._request(messages, options)
+                path, body = self._request(messages, options, contents)
                 pump = asyncio.ensure_future(self._pump(rid, path, body, queue))
                 self._pumps[rid] = pump
                 event = await queue.get()
@@ -665,10 +731,16 @@ class RemoteEngine(EngineBase):
             while request.finish is None:
                 event = await queue.get()
                 if isinstance(event, _Chunk):
+                    thinking = self._read_reasoning(event.data, stats)
                     text, usage_tokens = self._read_chunk(event.data, stats)
-                    if text:
+                    if thinking or text:
                         tokens = 1 if usage_tokens is None else max(usage_tokens - reported, 0)
-                        yield request.delta(text, tokens)
+                        if thinking:
+                            request.delta(thinking, tokens)
+                            yield ThinkingDelta(thinking, tokens)
+                            tokens = 0
+                        if text:
+                            yield request.delta(text, tokens)
                         if usage_tokens is not None:
                             stats.completion_tokens = usage_tokens
                         reported = stats.completion_tokens
@@ -698,6 +770,20 @@ class RemoteEngine(EngineBase):
 
     def _ready_detail(self) -> str:
         return f"Connected to {self.base_url}"
+
+    @staticmethod
+    def _read_reasoning(data: dict[str, Any], stats: ResponseStats) -> str:
+        """The thinking text of one SSE chunk (a server with a reasoning parser), and the
+        server's count of thinking tokens into ``stats``."""
+        usage = data.get("usage")
+        details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
+        if isinstance(details, dict) and details.get("reasoning_tokens") is not None:
+            stats.thinking_tokens = int(details["reasoning_tokens"])
+        choices = data.get("choices") or []
+        delta = choices[0].get("delta") if choices else None
+        if not isinstance(delta, dict):
+            return ""
+        return str(delta.get("reasoning") or delta.get("reasoning_content") or "")
 
     @staticmethod
     def _read_chunk(data: dict[str, Any], stats: ResponseStats) -> tuple[str, int | None]:
@@ -734,6 +820,74 @@ class RemoteEngine(EngineBase):
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+
+def catalog_variant_for(model: RemoteModel) -> Variant | None:
+    """The catalog's Gemma 4 variant a server's model is, by its served name or its
+    ``root`` (a Hub id, or a path with a folder named after one), else ``None``."""
+    by_name = {v.id.lower(): v for v in VariantCatalog() if not v.is_bundled}
+    by_short = {v.id.rsplit("/", 1)[-1].lower(): v for v in by_name.values()}
+    for name in (model.id, model.root):
+        if not name:
+            continue
+        lowered = name.strip().rstrip("/").lower()
+        if lowered in by_name:
+            return by_name[lowered]
+        parts = [p for p in lowered.replace("\\", "/").split("/") if p]
+        for part in reversed(parts):
+            if part.startswith("models--"):  # a Hugging Face cache folder
+                repo = part[len("models--") :].replace("--", "/", 1)
+                if repo in by_name:
+                    return by_name[repo]
+            if part in by_short:
+                return by_short[part]
+    return None
+
+
+def remote_abilities(model: RemoteModel) -> EngineAbilities:
+    """What a server's model takes: its catalog variant's inputs and thinking, else text."""
+    variant = catalog_variant_for(model)
+    if variant is None:
+        return EngineAbilities(
+            why_not=(
+                f"The server's model {model.id} is not a Gemma 4 model the app knows, "
+                "so it is sent text only."
+            )
+        )
+    return EngineAbilities(
+        images="image" in variant.inputs,
+        audio="audio" in variant.inputs,
+        thinking=variant.thinking,
+        why_not="" if variant.inputs else f"{variant.label} reads text only.",
+    )
+
+
+def content_parts(messages: Sequence[ChatMessage]) -> list[str | list[dict[str, Any]]]:
+    """Each message's OpenAI ``content``: its text alone, or its attachments' parts (images,
+    then audio clips) then the text. Blocking (decoding): run it off the loop's thread."""
+    decoded = decode_attachments(messages)
+    contents: list[str | list[dict[str, Any]]] = []
+    for message, media in zip(messages, decoded, strict=True):
+        if not media.images and not media.clips:
+            contents.append(message.content)
+            continue
+        parts: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": image_data_url(image)}}
+            for image in media.images
+        ]
+        parts.extend(
+            {
+                "type": "input_audio",
+                "input_audio": {
+                    "data": base64.b64encode(wav_bytes(clip)).decode("ascii"),
+                    "format": "wav",
+                },
+            }
+            for clip in media.clips
+        )
+        parts.append({"type": "text", "text": message.content})
+        contents.append(parts)
+    return contents
 
 
 def _finish_reason(reason: str) -> FinishReason:

@@ -10,7 +10,22 @@ uses names that are not vLLM's public API (the engine classes and
 * :func:`stop_output_handler`: quiet shutdown of ``AsyncLLM``;
 * :func:`openai_server_args`, :func:`openai_app`, :func:`require_bearer_token`,
   :func:`init_openai_state`: vLLM's OpenAI server parts that the local API
-  mounts over the in-process engine.
+  mounts over the in-process engine;
+* :func:`gemma4_reasoning_parser`: vLLM's Gemma 4 reasoning parser, which tells
+  thinking apart from the answer in a stream;
+* :func:`apply_engine_process_adjustments`, run in every vLLM process through
+  the plugin entry point (:mod:`gemma_desktop.core.engine.vllm_plugin`), and in
+  the app's own process before it builds a Gemma 4 tokenizer or processor:
+
+  - :func:`gemma4_processor_without_torchvision` (transformers 5.19): Gemma 4's
+    processor imports torchvision, which cannot be installed beside the CPU
+    build of torch;
+  - :func:`gemma4_audio_contiguous_input` (vLLM 0.32 with transformers 5.19):
+    the first audio request kills the CPU engine without it.
+
+  ``GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF`` (a comma-separated list of
+  :data:`ADJUSTMENTS` names) leaves adjustments out, in every process that
+  inherits it: the tests use it to show that each one is still needed.
 
 Each checks :func:`on_supported_line` first: an adjustment does nothing on
 another line, and the local API refuses with a message naming the version.
@@ -21,9 +36,14 @@ here (and its test).
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import logging
-from typing import Any
+import os
+import sys
+import types
+from typing import Any, ClassVar
 
 from gemma_desktop.core.errors import GemmaDesktopError
 
@@ -31,6 +51,12 @@ log = logging.getLogger(__name__)
 
 #: The release line the internals below were written for.
 SUPPORTED_LINE = (0, 32)
+#: The transformers series whose Gemma 4 module layout the Gemma 4 adjustments were written for.
+SUPPORTED_TRANSFORMERS_LINE = (5, 19)
+#: The adjustments :func:`apply_engine_process_adjustments` applies, by name.
+ADJUSTMENTS = ("gemma4-processor", "gemma4-audio")
+#: Names of :data:`ADJUSTMENTS` to leave out (comma-separated), in every process.
+ADJUSTMENTS_OFF_ENV = "GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF"
 #: Imported on the vLLM import thread, so nothing is imported on the UI thread later.
 MODULES_TO_PRELOAD = (
     "vllm.engine.arg_utils",
@@ -38,6 +64,7 @@ MODULES_TO_PRELOAD = (
     "vllm.sampling_params",
     "vllm.inputs",
     "vllm.renderers.hf",
+    "vllm.reasoning",
 )
 
 
@@ -85,8 +112,182 @@ def _require_line(what: str) -> None:
 # --- inside vLLM's own processes ---------------------------------------------------------
 
 
-def apply_engine_process_adjustments() -> None:
-    """What :mod:`gemma_desktop.core.engine.vllm_plugin` applies in every vLLM process."""
+def apply_engine_process_adjustments() -> dict[str, bool]:
+    """What :mod:`gemma_desktop.core.engine.vllm_plugin` applies in every vLLM process.
+
+    Also called in the app's own process before it builds a Gemma 4 tokenizer or
+    processor (the engine's start does it). Idempotent; returns which
+    adjustments are in place, by name.
+    """
+    return {
+        "gemma4-processor": gemma4_processor_without_torchvision(),
+        "gemma4-audio": gemma4_audio_contiguous_input(),
+    }
+
+
+def adjustment_off(name: str) -> bool:
+    """Whether :data:`ADJUSTMENTS_OFF_ENV` leaves the adjustment ``name`` out."""
+    value = os.environ.get(ADJUSTMENTS_OFF_ENV, "")
+    return name in {part.strip() for part in value.split(",")}
+
+
+def transformers_line() -> tuple[int, int] | None:
+    """``(major, minor)`` of the installed transformers, or ``None`` without it."""
+    try:
+        return version_line(importlib.metadata.version("transformers"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_applied: set[str] = set()
+_GEMMA4_IMAGE_MODULE = "transformers.models.gemma4.image_processing_gemma4"
+_GEMMA4_PIL_IMAGE_MODULE = "transformers.models.gemma4.image_processing_pil_gemma4"
+
+
+def gemma4_processor_without_torchvision() -> bool:
+    """Make transformers' ``Gemma4Processor`` importable and loadable without torchvision.
+
+    transformers 5.19's ``processing_gemma4.py`` imports two names from
+    ``image_processing_gemma4.py``, whose first lines import torchvision (which
+    cannot be installed beside the CPU build of torch; the Makefile removes it),
+    so no Gemma 4 engine starts, not even in text-only mode. Both names live,
+    identical, in the torchvision-free ``image_processing_pil_gemma4.py``: an
+    alias module under the torchvision module's name re-exports them
+    (``Gemma4ImageProcessor`` itself is not aliased, so ``AutoImageProcessor``
+    keeps its own PIL fallback). ``Gemma4Processor.from_pretrained`` then needs
+    a video processor, and transformers' is torchvision-only: a stand-in with
+    the same name and settings is registered for ``Gemma4Config``. vLLM never
+    calls it (its Gemma 4 processor turns videos into frames for the image
+    processor).
+
+    Returns whether the adjustment is in place: ``False`` with torchvision
+    installed (nothing to do), on another transformers or vLLM line, or when
+    switched off.
+    """
+    name = "gemma4-processor"
+    if name in _applied:
+        return True
+    if (
+        adjustment_off(name)
+        or not on_supported_line()
+        or transformers_line() != SUPPORTED_TRANSFORMERS_LINE
+        or importlib.util.find_spec("torchvision") is not None
+    ):
+        return False
+    if _GEMMA4_IMAGE_MODULE not in sys.modules:
+        pil = importlib.import_module(_GEMMA4_PIL_IMAGE_MODULE)
+        alias = types.ModuleType(
+            _GEMMA4_IMAGE_MODULE,
+            f"What processing_gemma4 imports from here, from {_GEMMA4_PIL_IMAGE_MODULE}.",
+        )
+        for attr in (
+            "Gemma4ImageProcessorKwargs",
+            "get_aspect_ratio_preserving_size",
+            "_SUPPORTED_SOFT_TOKENS",
+        ):
+            setattr(alias, attr, getattr(pil, attr))
+        alias.__all__ = []  # type: ignore[attr-defined]
+        sys.modules[_GEMMA4_IMAGE_MODULE] = alias
+
+    import transformers
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4Config
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    # ProcessorMixin checks each part against a base class looked up on the
+    # top-level package, which exports VideoProcessorMixin only with torchvision.
+    if not hasattr(transformers, "VideoProcessorMixin"):
+        setattr(transformers, "VideoProcessorMixin", VideoProcessorMixin)  # noqa: B010
+    video_cls = _gemma4_video_processor_class(VideoProcessorMixin)
+    # AutoVideoProcessor asks for the "torchvision" backend and resolves the
+    # class by the name in processor_config.json, hence the same name.
+    AutoVideoProcessor.register(
+        Gemma4Config,
+        video_processor_classes={"torchvision": video_cls, "pil": video_cls},
+        exist_ok=True,
+    )
+    _applied.add(name)
+    return True
+
+
+def _gemma4_video_processor_class(base: type) -> type:
+    class Gemma4VideoProcessor(base):  # type: ignore[misc, valid-type]
+        """Torchvision-free stand-in for transformers' ``Gemma4VideoProcessor``: its
+        settings (for the processor's token arithmetic), no preprocessing."""
+
+        resample = 3  # PIL's BICUBIC
+        image_mean: ClassVar[list[float]] = [0.0, 0.0, 0.0]
+        image_std: ClassVar[list[float]] = [1.0, 1.0, 1.0]
+        size = None
+        default_to_square = True
+        do_convert_rgb = True
+        do_resize = True
+        do_rescale = True
+        do_normalize = True
+        num_frames = 32
+        do_sample_frames = True
+        patch_size = 16
+        max_soft_tokens = 70
+        pooling_kernel_size = 3
+        model_input_names: ClassVar[list[str]] = [
+            "pixel_values_videos",
+            "video_position_ids",
+            "num_frames_per_video",
+        ]
+
+        def preprocess(self, videos: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError(
+                "Gemma 4 videos are preprocessed as frames by vLLM; without torchvision "
+                "transformers' own video processor is not available."
+            )
+
+    Gemma4VideoProcessor.__module__ = __name__
+    return Gemma4VideoProcessor
+
+
+def _contiguous_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    first = args[0] if args else None
+    if first is not None and hasattr(first, "is_contiguous") and not first.is_contiguous():
+        return (first.contiguous(), *args[1:])
+    return None
+
+
+def gemma4_audio_contiguous_input() -> bool:
+    """Hand Gemma 4's audio tower's ``linear_end`` a contiguous input (vLLM 0.32 CPU).
+
+    vLLM builds Gemma 4's audio tower from transformers' ``Gemma4AudioModel`` and
+    swaps its linear layers for its own, whose CPU kernel (``onednn_mm``)
+    requires ``a.stride(-1) == 1``. ``Gemma4AudioLightConv1d.forward`` feeds
+    ``linear_end`` a transposed (non-contiguous) tensor, so the first audio
+    request dies with ``RuntimeError: Expected a.stride(-1) == 1`` and takes the
+    engine with it. Every ``Gemma4AudioLightConv1d`` here registers a forward
+    pre-hook on its ``linear_end`` that makes the input contiguous (a copy; the
+    numbers are unchanged). Needs to run in vLLM's worker processes, where the
+    model is built: the plugin entry point does that.
+    """
+    name = "gemma4-audio"
+    if name in _applied:
+        return True
+    if (
+        adjustment_off(name)
+        or not on_supported_line()
+        or transformers_line() != SUPPORTED_TRANSFORMERS_LINE
+    ):
+        return False
+    from transformers.models.gemma4 import modeling_gemma4
+
+    cls = modeling_gemma4.Gemma4AudioLightConv1d
+    original_init = cls.__init__
+    if not getattr(original_init, "_contiguous_input", False):
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(self, *args, **kwargs)
+            self.linear_end.register_forward_pre_hook(_contiguous_input)
+
+        __init__._contiguous_input = True  # type: ignore[attr-defined]
+        setattr(cls, "__init__", __init__)  # noqa: B010
+    _applied.add(name)
+    return True
 
 
 # --- engine start ------------------------------------------------------------------------
@@ -211,3 +412,24 @@ async def init_openai_state(client: Any, state: Any, args: Any) -> None:
 
     tasks = await client.get_supported_tasks()
     await init_app_state(client, state, args, supported_tasks=tasks)
+
+
+# --- thinking -------------------------------------------------------------------------------
+
+#: vLLM's name of the Gemma 4 reasoning parser (``--reasoning-parser gemma4``).
+GEMMA4_REASONING_PARSER = "gemma4"
+
+
+def gemma4_reasoning_parser(tokenizer: Any, thinking: bool) -> Any:
+    """A new vLLM Gemma 4 reasoning parser for one answer (``ReasoningParserManager``).
+
+    It splits ``<|channel>thought\n...<channel|>`` from the answer when fed the
+    stream with ``extract_reasoning_streaming``; the text must be detokenized
+    with ``skip_special_tokens=False`` or the markers are gone. Raises
+    :class:`UnsupportedVllmError` on another vLLM line.
+    """
+    _require_line("Thinking")
+    from vllm.reasoning import ReasoningParserManager
+
+    parser_cls = ReasoningParserManager.get_reasoning_parser(GEMMA4_REASONING_PARSER)
+    return parser_cls(tokenizer, chat_template_kwargs={"enable_thinking": thinking})

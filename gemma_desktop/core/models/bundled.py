@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gemma_desktop.core import paths
 from gemma_desktop.core.engine.prompt import BASE_CHAT_TEMPLATE
@@ -42,7 +43,7 @@ from gemma_desktop.core.fsutil import FileLock, fsync_dir
 #: Written last into a finished folder; its ``format`` must match to count as done.
 MARKER_NAME = ".gemma-desktop-complete.json"
 #: Bumped when the folder's layout or contents change, so old folders are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BOS_TOKEN_ID = 2
 #: The conversion takes about a minute and a half here; far longer means it is stuck.
 CONVERT_TIMEOUT_S = 30 * 60
@@ -72,12 +73,16 @@ def is_provisioned(target: Path | None = None) -> bool:
 
 
 def provision_bundled_model(
-    progress: ProvisionListener | None = None, target: Path | None = None
+    progress: ProvisionListener | None = None,
+    target: Path | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path:
     """Provision the bundled model once and return its folder; skipped when done.
 
     Blocks until the child process finishes (about a minute the first time);
-    ``progress`` is called on this thread for every step. Use
+    ``progress`` is called on this thread for every step. Setting ``cancel``
+    ends the conversion (its child process is killed; nothing half-done is
+    kept) and raises :class:`BundledModelError`. Use
     :func:`provision_bundled_model_async` from async code.
     """
     target = target or paths.bundled_model_dir()
@@ -87,7 +92,7 @@ def provision_bundled_model(
     with FileLock(target.parent / f".{target.name}.lock"):
         if is_provisioned(target):  # another process finished it meanwhile
             return target
-        _run_converter(target, progress)
+        _run_converter(target, progress, cancel or threading.Event())
     if not is_provisioned(target):
         raise BundledModelError(
             f"Converting the bundled model did not finish in {target}.",
@@ -99,17 +104,30 @@ def provision_bundled_model(
 async def provision_bundled_model_async(
     progress: ProvisionListener | None = None, target: Path | None = None
 ) -> Path:
-    """:func:`provision_bundled_model` on a worker thread; ``progress`` runs on the loop."""
+    """:func:`provision_bundled_model` on a worker thread; ``progress`` runs on the loop.
+
+    Cancelling the awaiting task ends the conversion's child process at once.
+    """
     loop = asyncio.get_running_loop()
+    cancel = threading.Event()
 
     def on_progress(step: ProvisionProgress) -> None:
         if progress is not None:
             loop.call_soon_threadsafe(progress, step)
 
-    return await loop.run_in_executor(None, provision_bundled_model, on_progress, target)
+    work = loop.run_in_executor(None, provision_bundled_model, on_progress, target, cancel)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        cancel.set()
+        # The conversion ends with BundledModelError now; nobody waits for it any more.
+        work.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise
 
 
-def _run_converter(target: Path, progress: ProvisionListener | None) -> None:
+def _run_converter(
+    target: Path, progress: ProvisionListener | None, cancel: threading.Event
+) -> None:
     """Run the conversion in a child process, relaying its JSON progress lines.
 
     stdout (progress) is read on this thread while a second thread drains
@@ -136,6 +154,14 @@ def _run_converter(target: Path, progress: ProvisionListener | None) -> None:
         timer = threading.Timer(CONVERT_TIMEOUT_S, proc.kill)
         timer.daemon = True
         timer.start()
+
+        def kill_on_cancel() -> None:
+            while proc.poll() is None:
+                if cancel.wait(0.2):
+                    proc.kill()
+                    return
+
+        threading.Thread(target=kill_on_cancel, name="bundled-convert-cancel", daemon=True).start()
         try:
             for line in proc.stdout:
                 try:
@@ -154,6 +180,8 @@ def _run_converter(target: Path, progress: ProvisionListener | None) -> None:
             timed_out = not timer.is_alive() and proc.returncode not in (0, None)
             timer.cancel()
     stderr = "".join(errors)
+    if cancel.is_set():
+        raise BundledModelError("Preparing the bundled model was cancelled.", "")
     if code != 0:
         if timed_out and code < 0:
             raise BundledModelError(
@@ -223,6 +251,11 @@ def convert(target: Path) -> None:
         tokenizer.chat_template = BASE_CHAT_TEMPLATE
         tokenizer.save_pretrained(str(out))
         _check_tokenizer(out)
+        _emit("Making the tokenizer quick to load", 0.9)
+        samples = _tokenize_samples(out)
+        make_tokenizer_quick_to_load(out)
+        if _tokenize_samples(out) != samples:
+            raise RuntimeError("the rewritten tokenizer files tokenize differently")
         shutil.rmtree(gguf_dir)
 
         _emit("Finishing", 0.95)
@@ -250,6 +283,54 @@ def remove_stale_work_dirs(target: Path) -> None:
     """Delete work folders a killed conversion left next to ``target`` (call under the lock)."""
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def make_tokenizer_quick_to_load(folder: Path) -> None:
+    """Rewrite a Gemma tokenizer's files so loading them holds the GIL less.
+
+    transformers 5.19 parses ``tokenizer.json`` (33 MB, indented) with Python's
+    ``json`` twice when ``tokenizer_config.json`` has no ``added_tokens_decoder``,
+    each time holding the GIL (so freezing the window) for about a second while
+    the engine starts. Written here: ``added_tokens_decoder`` (the second parse
+    goes away) and a compact ``tokenizer.json`` with its merges as ``"a b"``
+    strings (13 MB; valid because no Gemma token contains a space, which is
+    checked). The tokenizer is the same: the caller compares tokenizations.
+    """
+    tokenizer_file = folder / "tokenizer.json"
+    config_file = folder / "tokenizer_config.json"
+    data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    fields = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+    config["added_tokens_decoder"] = {
+        str(token["id"]): {key: token[key] for key in fields} for token in data["added_tokens"]
+    }
+    merges = data["model"].get("merges", [])
+    if merges and isinstance(merges[0], list):
+        if any(" " in part for pair in merges for part in pair):
+            raise RuntimeError("a merge contains a space: the compact form would change it")
+        data["model"]["merges"] = [f"{left} {right}" for left, right in merges]
+    tokenizer_file.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    config_file.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+_SAMPLES = (
+    "Once upon a time,",
+    "The capital of France is",
+    "def fibonacci(n):\n    return n",
+    "Ünïcödé — 東京 🚀 <start_of_turn>user",
+    "  spaces   and\ttabs\n\n",
+)
+
+
+def _tokenize_samples(folder: Path) -> list[Any]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    out: list[Any] = [len(tokenizer), tokenizer.all_special_ids]
+    for text in _SAMPLES:
+        ids = tokenizer(text).input_ids
+        out += [ids, tokenizer(text, add_special_tokens=False).input_ids, tokenizer.decode(ids)]
+    return out
 
 
 def _check_tokenizer(folder: Path) -> None:

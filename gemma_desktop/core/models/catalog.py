@@ -2,13 +2,20 @@
 
 Mirrors the seed module's allow-list, VRAM and disk floors and E4B -> E2B
 fallback. Adding a variant is adding one :class:`Variant` to ``VARIANTS``.
+
+Each Gemma 4 variant also records its published figures (:class:`PublishedModel`):
+the numbers of its ``config.json`` that decide its memory (layers, heads, head
+sizes, sliding window, KV sharing, per-layer embeddings) and its parameter
+counts by part, so the memory estimate
+(:mod:`gemma_desktop.core.machine.memory`) works before the model is
+downloaded and without network. The seed's floors stay the minimums.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gemma_desktop.core.errors import UnsupportedVariantError
 
@@ -19,6 +26,117 @@ DEFAULT_DEPLOYMENT_NAME = "gemma-local"
 BUNDLED_MODEL_ID = "bundled/gemma-3-270m"
 #: Gemma 4 E2B/E4B read images and audio besides text.
 GEMMA4_INPUTS = frozenset({"image", "audio"})
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """Parameter counts of a variant by part, as vLLM loads them (KV-shared layers
+    without their K/V projections), and the size of the published weight files."""
+
+    decoder: int
+    embeddings: int
+    ple: int
+    vision: int
+    audio: int
+    #: Bytes of the weight files on the Hub (they also hold tensors vLLM drops).
+    checkpoint_bytes: int
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """What the memory estimate needs of a model that is not downloaded: the memory-relevant
+    part of its published ``config.json`` and its parameter counts."""
+
+    config: Mapping[str, Any]
+    weights: PublishedWeights
+    #: Where the figures come from, for the window ("the published config").
+    source: str = "the published config and file sizes"
+
+
+def _gemma4_config(
+    *,
+    hidden: int,
+    layers: int,
+    kv_heads: int,
+    shared: int,
+    intermediate: int,
+    double_wide: bool,
+    full_every: int,
+) -> dict[str, Any]:
+    pattern = ["sliding_attention"] * (full_every - 1) + ["full_attention"]
+    return {
+        "model_type": "gemma4",
+        "text_config": {
+            "model_type": "gemma4_text",
+            "dtype": "bfloat16",
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 8,
+            "num_key_value_heads": kv_heads,
+            "head_dim": 256,
+            "global_head_dim": 512,
+            "sliding_window": 512,
+            "layer_types": (pattern * layers)[:layers],
+            "num_kv_shared_layers": shared,
+            "hidden_size_per_layer_input": 256,
+            "vocab_size": 262_144,
+            "vocab_size_per_layer_input": 262_144,
+            "intermediate_size": intermediate,
+            "use_double_wide_mlp": double_wide,
+            "attention_k_eq_v": False,
+            "max_position_embeddings": 131_072,
+            "tie_word_embeddings": True,
+        },
+        "vision_config": {"model_type": "gemma4_vision", "hidden_size": 768},
+        "audio_config": {"model_type": "gemma4_audio", "hidden_size": 1024},
+    }
+
+
+#: google/gemma-4-E2B(-it): 35 layers (4 sliding : 1 full), hidden 1536, 1 KV head, the
+#: last 20 layers KV-shared, double-wide MLP in those; 5,104,297,504 parameters in bf16.
+#: The file size is derived, not published: 2 bytes × (those parameters + the shared
+#: layers' K/V, 18.9 M parameters vLLM skips); a third-party download reports 10.2 GB.
+GEMMA4_E2B = PublishedModel(
+    _gemma4_config(
+        hidden=1536,
+        layers=35,
+        kv_heads=1,
+        shared=20,
+        intermediate=6144,
+        double_wide=True,
+        full_every=5,
+    ),
+    PublishedWeights(
+        decoder=1_863_341_568,
+        embeddings=416_417_536,
+        ple=2_348_810_240,
+        vision=168_544_256,
+        audio=307_183_904,
+        checkpoint_bytes=10_246_343_744,
+    ),
+)
+#: google/gemma-4-E4B(-it): 42 layers (5 sliding : 1 full), hidden 2560, 2 KV heads, the
+#: last 18 layers KV-shared; 7,941,100,832 parameters in bf16; one 15,992,595,884-byte
+#: model.safetensors (it also holds the shared layers' K/V, 55.1 M parameters).
+GEMMA4_E4B = PublishedModel(
+    _gemma4_config(
+        hidden=2560,
+        layers=42,
+        kv_heads=2,
+        shared=18,
+        intermediate=10_240,
+        double_wide=False,
+        full_every=6,
+    ),
+    PublishedWeights(
+        decoder=3_945_824_512,
+        embeddings=698_616_576,
+        ple=2_818_572_288,
+        vision=169_330_688,
+        audio=308_756_768,
+        checkpoint_bytes=15_992_595_884,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +164,15 @@ class Variant:
     inputs: frozenset[str] = frozenset()
     #: Whether the model can think before it answers (Gemma 4's ``-it`` chat template).
     thinking: bool = False
+    #: The published figures the memory estimate uses before the model is downloaded.
+    published: PublishedModel | None = None
+
+    @property
+    def download_gb(self) -> float:
+        """The download's size in GB (GiB): the published weight files, else the seed's figure."""
+        if self.published is not None:
+            return max(self.min_disk_gb, self.published.weights.checkpoint_bytes / 1024**3)
+        return self.min_disk_gb
 
     @property
     def needs_gpu(self) -> bool:
@@ -73,6 +200,7 @@ VARIANTS: tuple[Variant, ...] = (
         gated=True,
         description="Smallest Gemma 4, base model: text continuation.",
         inputs=GEMMA4_INPUTS,
+        published=GEMMA4_E2B,
     ),
     Variant(
         id="google/gemma-4-E2B-it",
@@ -87,6 +215,7 @@ VARIANTS: tuple[Variant, ...] = (
         description="Smallest Gemma 4, tuned for chat. Good on 8 GB cards.",
         inputs=GEMMA4_INPUTS,
         thinking=True,
+        published=GEMMA4_E2B,
     ),
     Variant(
         id="google/gemma-4-E4B",
@@ -100,6 +229,7 @@ VARIANTS: tuple[Variant, ...] = (
         gated=True,
         description="Larger Gemma 4, base model: text continuation.",
         inputs=GEMMA4_INPUTS,
+        published=GEMMA4_E4B,
     ),
     Variant(
         id="google/gemma-4-E4B-it",
@@ -114,6 +244,7 @@ VARIANTS: tuple[Variant, ...] = (
         description="Larger Gemma 4, tuned for chat. The default on capable GPUs.",
         inputs=GEMMA4_INPUTS,
         thinking=True,
+        published=GEMMA4_E4B,
     ),
     Variant(
         id=BUNDLED_MODEL_ID,

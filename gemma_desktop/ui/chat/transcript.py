@@ -7,6 +7,17 @@ blocks, each rendered once and inserted at the end of the document, and the
 unfinished last block is rendered again in place. The cost of a refresh
 depends on the size of the current block, not of the answer, so a
 20 000-token answer streams as smoothly at its end as at its start.
+
+A message's images show as thumbnails (a click, or Enter on the focused
+link, opens them large: :attr:`TranscriptView.image_requested`) and its
+sound clips as a line with their length and a Play link
+(:attr:`TranscriptView.play_requested`).
+
+An answer's thinking streams into a block of its own above the answer, in a
+muted, indented style unlike the answer's: a header with its length and
+time, which is also the link that opens and closes it, and the thinking
+itself. The block collapses when the answer starts; its text stays in the
+document (hidden blocks), so opening it again costs nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
     QDesktopServices,
@@ -25,10 +37,14 @@ from PySide6.QtGui import (
     QTextBlockFormat,
     QTextCharFormat,
     QTextCursor,
+    QTextDocument,
+    QTextImageFormat,
 )
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
+from gemma_desktop.core.chat.attachments import StoredAttachment, format_duration
 from gemma_desktop.ui import theme
+from gemma_desktop.ui.chat.attachments import load_thumbnail
 from gemma_desktop.ui.chat.markdown import (
     CODE_HEADER_STYLE,
     BlockSplitter,
@@ -46,24 +62,61 @@ CATCH_UP_MS = 4
 PREVIEW_CHARS = 20_000
 
 
+#: The largest thumbnail of an image in the transcript.
+THUMBNAIL_SIZE = QSize(240, 180)
+
+
 @dataclass
 class _Message:
     role: str
     start: int  # document position where the message (and its separator) begins
 
 
+@dataclass
+class ThinkingBlock:
+    """One answer's thinking in the document: its header line and the body below it."""
+
+    id: int
+    header: int  # position of the header block
+    body: int  # position where the thinking text begins
+    end: int = -1  # position after its last character (-1 while it streams)
+    text_chars: int = 0
+    words: int = 0
+    tokens: int = 0
+    began: float = 0.0
+    seconds: float | None = None
+    open: bool = True
+    streaming: bool = True
+
+    @property
+    def summary(self) -> str:
+        """``Thought for 2.1 s · 143 words`` (or ``Thinking… 1.2 s`` while it streams)."""
+        length = f"{self.words} word{'' if self.words == 1 else 's'}"
+        if self.streaming:
+            elapsed = time.perf_counter() - self.began
+            return f"Thinking… {elapsed:.1f} s · {length}"
+        took = f" for {self.seconds:.1f} s" if self.seconds is not None else ""
+        return f"Thought{took} · {length}"
+
+
 class TranscriptView(QTextBrowser):
     """The conversation as rich text, with an answer that streams in.
 
     Public slots: :meth:`add_user_message`, :meth:`begin_answer`,
-    :meth:`append_delta`, :meth:`flush`, :meth:`end_answer`,
+    :meth:`append_thinking`, :meth:`append_delta`, :meth:`flush`, :meth:`end_answer`,
     :meth:`remove_last_message`, :meth:`clear_transcript`.
 
     Signals:
         code_copied(str): a code block's Copy link put this text on the clipboard.
+        image_requested(StoredAttachment): an image's thumbnail was clicked.
+        play_requested(StoredAttachment): a sound clip's Play link was clicked.
+        thinking_toggled(int, bool): a thinking block was opened (True) or closed.
     """
 
     code_copied = Signal(str)
+    image_requested = Signal(object)
+    play_requested = Signal(object)
+    thinking_toggled = Signal(int, bool)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -94,6 +147,12 @@ class TranscriptView(QTextBrowser):
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.flush)
         self.refresh_count = 0
+        #: The attachments shown, by link number, with where their message begins.
+        self._attachments: dict[int, tuple[int, StoredAttachment]] = {}
+        self._thinking: dict[int, ThinkingBlock] = {}
+        self._live_thinking: ThinkingBlock | None = None
+        self._pending_thinking: list[str] = []
+        self._serial = 0
         self.apply_colors()
 
     # --- appearance -------------------------------------------------------------
@@ -183,22 +242,238 @@ class TranscriptView(QTextBrowser):
             self._scroll_to_end()
         return cursor
 
-    def add_user_message(self, text: str) -> None:
+    def add_user_message(self, text: str, attachments: Sequence[StoredAttachment] = ()) -> None:
         cursor = self._begin_message("user", "You")
+        if attachments:
+            self._insert_attachments(cursor, attachments)
+            if text:
+                self._new_block(cursor, top_margin=4.0)
         shown = text
         if len(text) > PREVIEW_CHARS:
             shown = (
                 text[:PREVIEW_CHARS]
                 + f"\n… ({len(text):,} characters in all; the rest is not shown here)"
             )
-        cursor.insertHtml(plain_to_html(shown))
+        if shown:
+            cursor.insertHtml(plain_to_html(shown))
         self._scroll_to_end()
 
-    def add_assistant_message(self, text: str) -> None:
-        """A finished answer (from history, or an engine that does not stream)."""
+    def _next_id(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def _insert_attachments(
+        self, cursor: QTextCursor, attachments: Sequence[StoredAttachment]
+    ) -> None:
+        """Images as thumbnails on one line, then one line per sound clip."""
+        c = theme.colors()
+        start = self._messages[-1].start
+        images = [a for a in attachments if a.kind == "image"]
+        clips = [a for a in attachments if a.kind == "audio"]
+        for attachment in images:
+            key = self._next_id()
+            self._attachments[key] = (start, attachment)
+            thumb = load_thumbnail(attachment.path, THUMBNAIL_SIZE)
+            if thumb.isNull():
+                link = QTextCharFormat()
+                link.setAnchor(True)
+                link.setAnchorHref(f"view:{key}")
+                link.setForeground(QColor(c.accent))
+                cursor.insertText(f"[{attachment.name}]", link)
+            else:
+                name = f"attachment://{key}"
+                self.document().addResource(
+                    QTextDocument.ResourceType.ImageResource, QUrl(name), thumb
+                )
+                image = QTextImageFormat()
+                image.setName(name)
+                image.setWidth(thumb.width())
+                image.setHeight(thumb.height())
+                image.setAnchor(True)
+                image.setAnchorHref(f"view:{key}")
+                image.setToolTip(f"{attachment.label}: click to view it large")
+                cursor.insertImage(image)
+            cursor.insertText("  ", QTextCharFormat())
+        for index, attachment in enumerate(clips):
+            if images or index:
+                self._new_block(cursor, top_margin=4.0)
+            key = self._next_id()
+            self._attachments[key] = (start, attachment)
+            link = QTextCharFormat()
+            link.setAnchor(True)
+            link.setAnchorHref(f"play:{key}")
+            link.setForeground(QColor(c.accent))
+            link.setFontWeight(QFont.Weight.DemiBold)
+            link.setToolTip(f"Play {attachment.name}")
+            cursor.insertText("▶ Play", link)
+            muted = QTextCharFormat()
+            muted.setForeground(QColor(c.muted))
+            length = format_duration(attachment.duration_s or 0.0)
+            cursor.insertText(f"   {attachment.name} · {length}", muted)
+
+    @property
+    def shown_attachments(self) -> list[StoredAttachment]:
+        """The attachments the transcript shows, in order."""
+        return [attachment for _start, attachment in self._attachments.values()]
+
+    def attachment(self, key: int) -> StoredAttachment | None:
+        """The attachment behind a ``view:N`` or ``play:N`` link."""
+        entry = self._attachments.get(key)
+        return entry[1] if entry is not None else None
+
+    def add_assistant_message(
+        self, text: str, thinking: str = "", thinking_s: float | None = None
+    ) -> None:
+        """A finished answer (from history, or an engine that does not stream), with its
+        thinking (shown closed) when it had some."""
         self.begin_answer()
+        if thinking:
+            self.append_thinking(thinking)
+            self.flush()
+            block = self._live_thinking
+            if block is not None:
+                self._close_thinking()
+                block.seconds = thinking_s
+                self._set_header(block)
         self.append_delta(text)
         self.end_answer()
+
+    # --- thinking -------------------------------------------------------------------
+
+    @property
+    def thinking_blocks(self) -> list[ThinkingBlock]:
+        return list(self._thinking.values())
+
+    def append_thinking(self, text: str, tokens: int = 0) -> None:
+        """Queue thinking text of the streaming answer (rendered at the next refresh)."""
+        if not self._streaming or not text:
+            return
+        if self._live_thinking is None:
+            if self._pending or self._ready or self._splitter.tail:
+                return  # the answer has begun: thinking after it is not shown
+            self._open_thinking()
+        block = self._live_thinking
+        assert block is not None
+        block.tokens += tokens
+        self._pending_thinking.append(text)
+        if not self._timer.isActive():
+            self._timer.start(REFRESH_MS)
+
+    def _thinking_formats(self) -> tuple[QTextBlockFormat, QTextCharFormat]:
+        c = theme.colors()
+        block = QTextBlockFormat()
+        block.setLeftMargin(14.0)
+        block.setBackground(QColor(c.alt_base if not c.dark else c.code_bg))
+        char = QTextCharFormat()
+        char.setForeground(QColor(c.muted))
+        char.setFontItalic(True)
+        return block, char
+
+    def _open_thinking(self) -> None:
+        cursor = self._end_cursor()
+        block = ThinkingBlock(
+            id=self._next_id(), header=cursor.position(), body=0, began=time.perf_counter()
+        )
+        self._thinking[block.id] = block
+        self._live_thinking = block
+        self._write_header(cursor, block)
+        body_format, char = self._thinking_formats()
+        cursor.insertBlock(body_format, char)
+        block.body = cursor.position()
+
+    def _write_header(self, cursor: QTextCursor, block: ThinkingBlock) -> None:
+        c = theme.colors()
+        header = QTextCharFormat()
+        header.setAnchor(True)
+        header.setAnchorHref(f"think:{block.id}")
+        header.setForeground(QColor(c.warn))
+        header.setFontWeight(QFont.Weight.DemiBold)
+        header.setToolTip("Show or hide the model's thinking")
+        arrow = "▾" if block.open else "▸"
+        action = "hide" if block.open else "show"
+        cursor.insertText(f"{arrow} {block.summary}", header)
+        muted = QTextCharFormat()
+        muted.setForeground(QColor(c.muted))
+        cursor.insertText(f"  ({action})", muted)
+
+    def _set_header(self, block: ThinkingBlock) -> None:
+        line = self.document().findBlock(block.header)
+        cursor = QTextCursor(self.document())
+        cursor.beginEditBlock()
+        cursor.setPosition(line.position())
+        cursor.setPosition(line.position() + line.length() - 1, QTextCursor.MoveMode.KeepAnchor)
+        before = cursor.selectionEnd() - cursor.selectionStart()
+        cursor.removeSelectedText()
+        self._write_header(cursor, block)
+        after = cursor.position() - line.position()
+        cursor.endEditBlock()
+        shift = after - before
+        if shift:
+            # Everything after the header moved by the header's change in length.
+            block.body += shift
+            if block.end >= 0:
+                block.end += shift
+            if self._tail_start > block.header:
+                self._tail_start += shift
+
+    def _flush_thinking(self) -> None:
+        block = self._live_thinking
+        if block is None or not self._pending_thinking:
+            return
+        text = "".join(self._pending_thinking)
+        self._pending_thinking.clear()
+        if block.text_chars == 0:
+            text = text.lstrip("\n")
+        at_bottom = self._at_bottom()
+        cursor = self._end_cursor()
+        _body, char = self._thinking_formats()
+        cursor.insertText(text, char)
+        block.text_chars += len(text)
+        block.words += len(text.split())
+        self._set_header(block)
+        if at_bottom:
+            self._scroll_to_end()
+
+    def _close_thinking(self) -> None:
+        """The answer begins: the thinking block ends, closed, and the answer goes below it."""
+        block = self._live_thinking
+        if block is None:
+            return
+        self._flush_thinking()
+        self._live_thinking = None
+        block.streaming = False
+        block.seconds = time.perf_counter() - block.began
+        cursor = self._end_cursor()
+        block.end = cursor.position()
+        self._show_body(block, False)
+        self._set_header(block)
+        self._new_block(cursor, top_margin=6.0)
+        self._tail_start = cursor.position()
+
+    def _show_body(self, block: ThinkingBlock, visible: bool) -> None:
+        block.open = visible
+        doc = self.document()
+        end = block.end if block.end >= 0 else doc.characterCount()
+        line = doc.findBlock(block.body)
+        while line.isValid() and line.position() < end:
+            line.setVisible(visible)
+            line = line.next()
+        doc.markContentsDirty(block.body, max(1, end - block.body))
+
+    def toggle_thinking(self, block_id: int) -> None:
+        """Open or close a thinking block (its header link does this)."""
+        block = self._thinking.get(block_id)
+        if block is None or block.streaming:
+            return
+        self._show_body(block, not block.open)
+        self._set_header(block)
+        self.viewport().update()
+        self.thinking_toggled.emit(block_id, block.open)
+
+    def thinking_visible(self, block_id: int) -> bool:
+        """Whether the thinking text of a block is shown (laid out) right now."""
+        block = self._thinking[block_id]
+        return self.document().findBlock(block.body).isVisible()
 
     def add_notice(self, html_text: str) -> None:
         """A muted line under the last message (errors, figures)."""
@@ -216,12 +491,16 @@ class TranscriptView(QTextBrowser):
         self._ready.clear()
         self._tail_start = cursor.position()
         self._tail_code_id = None
+        self._live_thinking = None
+        self._pending_thinking.clear()
         self._streaming = True
 
     def append_delta(self, text: str) -> None:
         """Queue new answer text; it is rendered at the next refresh."""
         if not self._streaming or not text:
             return
+        if self._live_thinking is not None:
+            self._close_thinking()
         self._pending.append(text)
         if not self._timer.isActive():
             self._timer.start(REFRESH_MS)
@@ -235,6 +514,14 @@ class TranscriptView(QTextBrowser):
         """
         self._timer.stop()
         if not self._streaming:
+            return
+        live = self._live_thinking
+        if live is not None:
+            if self._pending_thinking:
+                self._flush_thinking()
+            else:
+                self._set_header(live)  # the header's clock keeps going
+            self._timer.start(REFRESH_MS * 6)
             return
         if self._pending:
             text = "".join(self._pending)
@@ -275,6 +562,8 @@ class TranscriptView(QTextBrowser):
         if not self._streaming:
             return
         self._timer.stop()
+        if self._live_thinking is not None:  # thinking and no answer at all
+            self._close_thinking()
         text = "".join(self._pending)
         self._pending.clear()
         self._ready.extend(self._splitter.feed(text))
@@ -303,6 +592,12 @@ class TranscriptView(QTextBrowser):
             self._ready.clear()
             self._streaming = False
         message = self._messages.pop()
+        self._live_thinking = None
+        self._pending_thinking.clear()
+        for block_id in [k for k, b in self._thinking.items() if b.header >= message.start]:
+            del self._thinking[block_id]
+        for key in [k for k, (start, _a) in self._attachments.items() if start >= message.start]:
+            del self._attachments[key]
         cursor = QTextCursor(self.document())
         cursor.setPosition(message.start)
         cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
@@ -316,6 +611,10 @@ class TranscriptView(QTextBrowser):
         self._streaming = False
         self._messages.clear()
         self._renderer.reset()
+        self._attachments.clear()
+        self._thinking.clear()
+        self._live_thinking = None
+        self._pending_thinking.clear()
         self.clear()
 
     # --- helpers -------------------------------------------------------------------
@@ -338,7 +637,19 @@ class TranscriptView(QTextBrowser):
             self.code_copied.emit(code)
 
     def _on_anchor(self, url: QUrl) -> None:
-        if url.scheme() == "copy":
+        scheme = url.scheme()
+        if scheme in ("view", "play", "think"):
+            try:
+                key = int(url.path())
+            except ValueError:
+                return
+            if scheme == "think":
+                self.toggle_thinking(key)
+                return
+            attachment = self.attachment(key)
+            if attachment is not None:
+                (self.image_requested if scheme == "view" else self.play_requested).emit(attachment)
+        elif scheme == "copy":
             with contextlib.suppress(ValueError):
                 self.copy_code(int(url.path()))
         elif url.scheme() in ("http", "https"):

@@ -1,5 +1,9 @@
 """The History page: past conversations, full-text search, open, rename, delete, export.
 
+Deleting a conversation also removes the attachment files no other message uses;
+an export writes a conversation's images and recordings into a folder beside
+the document (``<name>_files/``).
+
 Every database call runs on the history's worker thread
 (:class:`~gemma_desktop.core.chat.history.AsyncHistory`); questions and file dialogs
 are shown with ``open()`` and never block the event loop.
@@ -268,7 +272,10 @@ class HistoryPanel(QWidget):
             self,
             "Delete conversation",
             f"Delete “{title}”?",
-            informative="Its messages are removed from the history. This cannot be undone.",
+            informative=(
+                "Its messages, and the images and recordings only it uses, are removed from "
+                "the history. This cannot be undone."
+            ),
             yes_text="Delete",
             no_text="Keep it",
         )
@@ -330,7 +337,9 @@ class HistoryPanel(QWidget):
                 f"Could not write {target}: {exc.strerror or exc}. Choose another folder."
             )
             return None
-        self.status_label.setText(f"Exported to {written}")
+        files = written.parent / f"{written.stem}_files"
+        beside = f" (attachments in {files.name}/ beside it)" if files.is_dir() else ""
+        self.status_label.setText(f"Exported to {written}{beside}")
         return written
 
 

@@ -1,5 +1,7 @@
-"""The variant picker: every catalog entry with its size, VRAM need, whether it is
-downloaded, and whether it fits this machine (from the probe report).
+"""The variant picker: every catalog entry with its download size, its memory need on a
+GPU (the estimate at the settings' context), whether it is downloaded, and whether it
+fits this machine (from the probe report), with the estimate's breakdown and the
+changes that would make a model fit.
 
 Choosing a variant persists it (``AppState.update_settings(model_id=...)``).
 When the engine is running, ``confirm`` is awaited first (the main window asks
@@ -32,7 +34,8 @@ from PySide6.QtWidgets import (
 )
 
 from gemma_desktop.core.errors import GemmaDesktopError
-from gemma_desktop.core.machine.probe import FitKind, FitVerdict, ProbeReport
+from gemma_desktop.core.machine.memory import gib
+from gemma_desktop.core.machine.probe import FitKind, FitVerdict, ProbeReport, vram_need_bytes
 from gemma_desktop.core.models.catalog import Variant, VariantCatalog
 from gemma_desktop.core.models.hub_cache import is_on_disk
 from gemma_desktop.ui import theme
@@ -55,7 +58,7 @@ FIT_ICON = {
     FitKind.DOES_NOT_FIT: "status-fail",
     FitKind.CPU: "status-ok",
 }
-COLUMNS = ("Model", "Size", "VRAM", "Downloaded", "On this machine")
+COLUMNS = ("Model", "Download", "VRAM need", "Downloaded", "On this machine")
 
 
 class VariantPicker(QWidget):
@@ -168,8 +171,15 @@ class VariantPicker(QWidget):
             item.setText(0, label)
             item.setData(0, Qt.ItemDataRole.UserRole, variant.id)
             item.setToolTip(0, f"{variant.id}\n{variant.description}")
-            item.setText(1, f"{variant.min_disk_gb:g} GB")
-            item.setText(2, f"{variant.min_vram_gb:g} GB" if variant.min_vram_gb else "none (CPU)")
+            item.setText(1, f"{variant.download_gb:.1f} GB")
+            need = self._vram_need(variant)
+            item.setText(2, gib(need) if need is not None else "none (CPU)")
+            if need is not None:
+                item.setToolTip(
+                    2,
+                    "Weights, KV cache for one full context, encoders and vLLM's working "
+                    f"memory; the seed's minimum is {variant.min_vram_gb:g} GB.",
+                )
             cached = self._cached(variant.id)
             item.setText(3, "Yes" if cached else "No")
             verdict = self.verdict(variant)
@@ -190,6 +200,11 @@ class VariantPicker(QWidget):
             if variant.id == current:
                 self.tree.setCurrentItem(item)
         self._show_detail()
+
+    def _vram_need(self, variant: Variant) -> int | None:
+        if self.report is not None:
+            return self.report.vram_need_bytes(variant)
+        return vram_need_bytes(variant, self._state.settings)
 
     def _cached(self, variant_id: str) -> bool:
         try:
@@ -226,7 +241,13 @@ class VariantPicker(QWidget):
         verdict = self.verdict(variant)
         if verdict is not None:
             lines.append(html.escape(verdict.message))
-            if verdict.suggestion and verdict.kind is not FitKind.FITS:
+            if verdict.breakdown:
+                lines.append(f"Memory: {html.escape(verdict.breakdown)}.")
+            if verdict.fixes:
+                fit = verdict.kind is FitKind.DOES_NOT_FIT
+                lead = "To make it fit" if fit else "For full speed"
+                lines.append(f"{lead}: " + html.escape("; or ".join(verdict.fixes)) + ".")
+            elif verdict.suggestion and verdict.kind is not FitKind.FITS:
                 lines.append(f"Suggested instead: {html.escape(self._label(verdict.suggestion))}.")
         if variant.gated:
             lines.append("Gated on Hugging Face: accept the license and save a token first.")

@@ -762,6 +762,7 @@ class SetupWizard(QWidget):
         await self.show_step(self.progress.first_unfinished())
 
     async def show_step(self, step: str) -> None:
+        log.info("setup: step %s", step)
         current = self.stack.currentWidget()
         if isinstance(current, WizardPage) and current.step != step:
             current.leave()

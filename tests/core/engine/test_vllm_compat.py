@@ -23,6 +23,13 @@ INTERNALS = [
     ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
     ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
     ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
+    ("vllm.reasoning", "ReasoningParserManager"),
+    # transformers' Gemma 4 modules the Gemma 4 adjustments reach into
+    ("transformers.models.gemma4.image_processing_pil_gemma4", "Gemma4ImageProcessorKwargs"),
+    ("transformers.models.gemma4.image_processing_pil_gemma4", "get_aspect_ratio_preserving_size"),
+    ("transformers.models.gemma4.image_processing_pil_gemma4", "_SUPPORTED_SOFT_TOKENS"),
+    ("transformers.models.gemma4.modeling_gemma4", "Gemma4AudioLightConv1d"),
+    ("transformers.models.auto.video_processing_auto", "AutoVideoProcessor"),
 ]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from gemma_desktop.core.engine.processes import living
 from gemma_desktop.core.engine.protocol import (
     ChatMessage,
     Engine,
@@ -28,7 +29,7 @@ from gemma_desktop.core.engine.protocol import (
     StreamItem,
     TextDelta,
 )
-from gemma_desktop.core.engine.vllm_local import VllmEngine, living
+from gemma_desktop.core.engine.vllm_local import VllmEngine
 
 pytestmark = pytest.mark.engine
 

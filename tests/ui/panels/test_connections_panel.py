@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,57 +17,7 @@ from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.local_api_host import LocalApiHost
 from gemma_desktop.ui.panels.connections_panel import ConnectionsPanel
 from gemma_desktop.ui.tasks import spawn
-
-SERVER_KEY = "sk-test-remote-0123456789"
-MODELS = ["org/served-model-a", "org/served-model-b"]
-
-
-class _VllmModels(BaseHTTPRequestHandler):
-    """Answers ``GET /v1/models`` the way ``vllm serve --api-key`` does."""
-
-    def do_GET(self) -> None:
-        if self.headers.get("Authorization") != f"Bearer {SERVER_KEY}":
-            self._send(401, {"error": "Unauthorized"})
-            return
-        if self.path != "/v1/models":
-            self._send(404, {"detail": "Not Found"})
-            return
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "vllm",
-                "root": name,
-                "parent": None,
-                "max_model_len": 4096,
-                "permission": [],
-            }
-            for name in MODELS
-        ]
-        self._send(200, {"object": "list", "data": data})
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def server_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _VllmModels)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+from tests.fixtures.vllm_models import MODELS, SERVER_KEY
 
 
 @pytest.fixture

@@ -262,6 +262,48 @@ def test_opening_a_conversation_shows_it_and_continues_it(
     assert [m.content for m in history.store.messages(cid)][-1] == "Five, seven, five"
 
 
+def test_attachments_are_recorded_exported_beside_and_deleted_with_the_conversation(
+    chat: ChatPanel,
+    panel: HistoryPanel,
+    history: AsyncHistory,
+    arun: Any,
+    qtbot: Any,
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from gemma_desktop.core.chat.attachments import prepare_file
+
+    source = tmp_path / "cat.png"
+    Image.new("RGB", (64, 48), "orange").save(source)
+    picture = history.store.attachments.put(prepare_file(source))
+    recorder = chat.recorder
+    assert recorder is not None
+    recorder.add_user("", model_id=BUNDLED_MODEL_ID, system_prompt=None, attachments=[picture])
+    recorder.begin_answer(model_id=BUNDLED_MODEL_ID)
+    recorder.append_thinking("An orange square.")
+    recorder.append("A cat, perhaps.")
+    recorder.end_answer("complete", {"completion_tokens": 4})
+    arun(recorder.idle(), timeout=30)
+    cid = recorder.conversation_id
+    assert cid is not None
+    assert history.store.conversation(cid).title == "cat.png"  # no text: named after the file
+    user, answer = history.store.messages(cid)
+    assert user.attachments == (picture,) and answer.thinking == "An orange square."
+    written = arun(panel.export_to(cid, tmp_path / "out" / "cat chat.md"), timeout=30)
+    assert written is not None
+    assert "cat chat_files/" in panel.status_label.text()
+    assert (tmp_path / "out" / "cat chat_files" / "01-cat.png").read_bytes() == source.read_bytes()
+    arun(panel.reload(), timeout=30)
+    assert panel.select(cid)
+    task = spawn(panel.delete_selected(), "History")
+    box = wait_for_question(qtbot)
+    assert "images and recordings" in box.informativeText()
+    click(box, "Delete")
+    qtbot.waitUntil(task.done, timeout=5000)
+    assert task.result() is True and not picture.path.exists()
+
+
 def test_without_history_the_page_says_so(qtbot: Any, qloop: Any) -> None:
     widget = HistoryPanel(None)
     qtbot.addWidget(widget)

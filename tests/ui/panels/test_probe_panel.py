@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PySide6.QtGui import QGuiApplication
 
-from gemma_desktop.core.machine.gpu import GpuInfo, GpuUnavailableError
+from gemma_desktop.core.machine.gpu import GpuInfo, GpuUnavailableError, NvmlReader
 from gemma_desktop.core.machine.probe import (
     CheckStatus,
     Outcome,
@@ -19,8 +19,10 @@ from gemma_desktop.core.machine.probe import (
 from gemma_desktop.core.settings import SettingsStore
 from gemma_desktop.ui.app_state import AppState
 from gemma_desktop.ui.panels.probe_panel import ProbePanel
+from tests.fixtures.nvml import RTX_4090 as RTX_4090_CARD
+from tests.fixtures.nvml import FakeNvml
 
-RTX_4090 = GpuInfo(0, "NVIDIA GeForce RTX 4090", 23.99, 22.7, "550.54.15", "12.4", (8, 9))
+RTX_4090 = NvmlReader(FakeNvml([RTX_4090_CARD])).read()[0]
 
 
 def no_gpu() -> list[GpuInfo]:

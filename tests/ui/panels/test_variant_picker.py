@@ -9,16 +9,20 @@ from typing import Any
 import pytest
 from PySide6.QtCore import Qt
 
-from gemma_desktop.core.machine.gpu import GpuInfo
+from gemma_desktop.core.machine.gpu import NvmlReader
 from gemma_desktop.core.machine.probe import ProbeService, run_probe
 from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID, VARIANTS, VariantCatalog
 from gemma_desktop.core.models.hub_cache import is_on_disk
 from gemma_desktop.core.settings import SettingsStore, load_settings
 from gemma_desktop.ui.app_state import AppState
 from gemma_desktop.ui.panels.variant_picker import VariantPicker
+from tests.fixtures.nvml import RTX_3060, RTX_4090, Card, FakeNvml
 
-RTX_4070 = GpuInfo(0, "NVIDIA GeForce RTX 4070", 11.99, 11.2, "550.54.15", "12.4", (8, 9))
-SMALL = GpuInfo(0, "NVIDIA T400", 3.99, 3.5, "550.54.15", "12.4", (7, 5))
+SMALL = Card("NVIDIA T400", 4096, 300, (7, 5), 0x01, "GPU-00000000-0000-4000-8000-0000000t400")
+
+
+def reader(card: Card) -> Any:
+    return NvmlReader(FakeNvml([card])).read
 
 
 def make_picker(qtbot: Any, confirm: Any = None) -> VariantPicker:
@@ -47,7 +51,11 @@ def test_every_variant_with_size_vram_and_download_state(qtbot: Any) -> None:
     picker = make_picker(qtbot)
     table = rows(picker)
     assert list(table) == [v.id for v in VARIANTS]
-    assert table["google/gemma-4-E4B-it"][1:4] == ["7 GB", "4.5 GB", "No"]
+    # The published download (15,992,595,884 bytes) and an estimate above the bf16 weights
+    # alone (7.94 billion parameters, 14.8 GiB), not the seed's 4.5 GB floor.
+    assert table["google/gemma-4-E4B-it"][1] == "14.9 GB"
+    assert float(table["google/gemma-4-E4B-it"][2].removesuffix(" GB")) > 14.8
+    assert table["google/gemma-4-E4B-it"][3] == "No"
     assert table[BUNDLED_MODEL_ID][2] == "none (CPU)"
     # Provisioned once into build/models by the engine fixtures or `make run`.
     expected = "Yes" if is_on_disk(BUNDLED_MODEL_ID) else "No"
@@ -57,18 +65,29 @@ def test_every_variant_with_size_vram_and_download_state(qtbot: Any) -> None:
 
 def test_fit_verdicts_follow_the_probe(qtbot: Any) -> None:
     picker = make_picker(qtbot)
-    picker.set_report(run_probe(gpu_reader=lambda: [RTX_4070]))
+    picker.set_report(run_probe(gpu_reader=reader(RTX_4090)))
     table = rows(picker)
-    assert table["google/gemma-4-E4B-it"][4] == "Fits with CPU offload"
+    assert table["google/gemma-4-E4B-it"][4] == "Fits"
     assert table["google/gemma-4-E2B-it"][4] == "Fits"
     assert table[BUNDLED_MODEL_ID][4] == "Runs on the CPU"
-
-    picker.set_report(run_probe(gpu_reader=lambda: [SMALL]))
-    table = rows(picker)
-    assert table["google/gemma-4-E4B-it"][4] == "Does not fit → try Gemma 4 E2B-it"
-    assert table["google/gemma-4-E2B-it"][4] == "Fits"
     picker.select("google/gemma-4-E4B-it")
-    assert "Suggested instead: Gemma 4 E2B-it" in picker.detail_label.text()
+    detail = picker.detail_label.text()
+    assert "GPU 0, NVIDIA GeForce RTX 4090" in detail  # which card
+    assert "Memory: weights" in detail and "vLLM may use" in detail and ": fits" in detail
+
+    picker.set_report(run_probe(gpu_reader=reader(RTX_3060)))
+    table = rows(picker)
+    assert table["google/gemma-4-E4B-it"][4] == "Fits with CPU offload"
+    picker.select("google/gemma-4-E2B-it")
+    assert "For full speed:" in picker.detail_label.text()
+
+    picker.set_report(run_probe(gpu_reader=reader(SMALL)))
+    table = rows(picker)
+    # E2B's per-layer embeddings alone (4.4 GiB) stay on the GPU: not on a 4 GB card either.
+    assert table["google/gemma-4-E2B-it"][4] == "Does not fit → try Gemma 3 270M (bundled)"
+    assert table["google/gemma-4-E4B-it"][4] == "Does not fit → try Gemma 3 270M (bundled)"
+    picker.select("google/gemma-4-E4B-it")
+    assert "Suggested instead: Gemma 3 270M (bundled)" in picker.detail_label.text()
     assert picker.download_button.isVisible()
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-from gemma_desktop.core.machine.gpu import GpuInfo
+from gemma_desktop.core.machine.gpu import NvmlReader
 from gemma_desktop.core.machine.probe import ProbeService
 from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID, VariantCatalog
 from gemma_desktop.core.models.downloads import DownloadManager
@@ -28,12 +25,13 @@ from gemma_desktop.ui.setup.wizard import (
     needs_wizard,
 )
 from gemma_desktop.ui.tasks import spawn
+from tests.fixtures.nvml import RTX_4080, FakeNvml
 
 GATED = "google/gemma-4-E2B-it"
 
 
 #: The real probe with a 16 GB card: a GPU is the one thing this machine lacks.
-CARD = GpuInfo(0, "Test RTX 4080", 16.0, 15.0, "550.54", "12.4", (8, 9))
+CARD = NvmlReader(FakeNvml([RTX_4080])).read()[0]
 GPU_PROBE = ProbeService(gpu_reader=lambda: [CARD])
 
 
@@ -257,27 +255,13 @@ def test_progress_records_are_ordered_and_validated() -> None:
     assert not needs_wizard({COMPLETE_KEY: True})
 
 
-@pytest.fixture
-def vllm_models_url() -> Iterator[str]:
-    """A loopback server answering ``/v1/models`` like ``vllm serve --api-key``."""
-    from tests.ui.panels.test_connections_panel import _VllmModels
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _VllmModels)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
-
-
 def test_remote_server_skips_the_download_and_starts_a_remote_engine(
-    qloop: Any, qtbot: Any, arun: Any, vllm_models_url: str
+    qloop: Any, qtbot: Any, arun: Any, server_url: str
 ) -> None:
     from gemma_desktop.core.engine.assembly import EngineAssembly
     from gemma_desktop.core.engine.remote import RemoteEngine
     from gemma_desktop.core.settings import load_settings
-    from tests.ui.panels.test_connections_panel import MODELS, SERVER_KEY
+    from tests.fixtures.vllm_models import MODELS, SERVER_KEY
 
     local_builds: list[str] = []
     store = SettingsStore()
@@ -309,7 +293,7 @@ def test_remote_server_skips_the_download_and_starts_a_remote_engine(
     assert not walk.wizard.next_button.isEnabled()  # no model picked yet
 
     remote = variant.remote
-    remote.url_field.setText(vllm_models_url)
+    remote.url_field.setText(server_url)
     remote.key_field.setText("sk-wrong-key")
     remote.connect_button.click()
     qtbot.waitUntil(
@@ -336,7 +320,7 @@ def test_remote_server_skips_the_download_and_starts_a_remote_engine(
 
     saved = _saved()
     assert saved["engine"] == "remote"
-    assert saved["remote_base_url"] == vllm_models_url
+    assert saved["remote_base_url"] == server_url
     assert saved["remote_model"] == MODELS[1]
     assert WizardProgress.from_saved(saved).completed == (
         "welcome",
@@ -346,7 +330,7 @@ def test_remote_server_skips_the_download_and_starts_a_remote_engine(
         "download",
     )
     assert SERVER_KEY not in store.path.read_text(encoding="utf-8")
-    assert session_keys == {vllm_models_url: SERVER_KEY}
+    assert session_keys == {server_url: SERVER_KEY}
 
     engine_page: Any = walk.wizard.page("engine")
     walk.next_enabled()  # the host's factory built a RemoteEngine and it connected

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -42,9 +43,17 @@ def free_port() -> int:
 class VllmServer:
     """One ``vllm serve`` process: its address, key, log, and everything it started."""
 
-    def __init__(self, model_path: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        workdir: Path,
+        served_name: str = SERVED_NAME,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.model_path = model_path
         self.workdir = workdir
+        self.served_name = served_name
+        self.extra_args = extra_args
         self.api_key = "sk-test-" + secrets.token_hex(16)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -64,7 +73,7 @@ class VllmServer:
             "--model",
             str(self.model_path),
             "--served-model-name",
-            SERVED_NAME,
+            self.served_name,
             "--host",
             "127.0.0.1",
             "--port",
@@ -90,6 +99,7 @@ class VllmServer:
             "--disable-uvicorn-access-log",
             "--uvicorn-log-level",
             "warning",
+            *self.extra_args,
         ]
 
     def start(self) -> None:
@@ -233,6 +243,32 @@ def vllm_server_session(
     bundled_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VllmServer]:
     server = VllmServer(bundled_model_path, tmp_path_factory.mktemp("vllm-serve"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        left = server.leftovers()
+        assert not left, f"vllm serve left processes behind: {left}"
+
+
+#: The Gemma 4 server's served name: not a catalog id, so the remote engine has to
+#: recognise the model by the ``root`` it was loaded from.
+GEMMA4_SERVED_NAME = "team-gemma"
+
+
+@pytest.fixture(scope="session")
+def gemma4_server(
+    gemma4_download: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    """``vllm serve`` on the downloaded Gemma 4 test checkpoint (its snapshot folder in the
+    Hub cache), with vLLM's Gemma 4 reasoning parser, started once per session."""
+    server = VllmServer(
+        gemma4_download.instruct,
+        tmp_path_factory.mktemp("vllm-serve-gemma4"),
+        served_name=GEMMA4_SERVED_NAME,
+        extra_args=("--reasoning-parser", "gemma4"),
+    )
     server.start()
     try:
         yield server

@@ -1,0 +1,109 @@
+"""The Gemma 4 adjustments in vllm_compat: each needed (shown with it off), each guarded by
+version, and vLLM's Gemma 4 reasoning parser reached through the fence.
+
+That audio kills the engine without ``gemma4-audio`` is shown on a real engine in
+test_gemma4_local.py; here, the hook it installs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gemma_desktop.core.engine import vllm_compat
+
+LOAD_PROCESSOR = (
+    "import sys\n"
+    "from gemma_desktop.core.engine import vllm_compat\n"
+    "print(vllm_compat.apply_engine_process_adjustments())\n"
+    "from transformers import AutoProcessor\n"
+    "processor = AutoProcessor.from_pretrained(sys.argv[1])\n"
+    "print(type(processor).__name__, type(processor.image_processor).__name__)\n"
+)
+
+
+def run_fresh(code: str, *args: str, off: str = "") -> subprocess.CompletedProcess[str]:
+    """``code`` in a new interpreter (nothing applied yet), adjustments in ``off`` left out."""
+    env = dict(os.environ, **{vllm_compat.ADJUSTMENTS_OFF_ENV: off})
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_gemma4s_processor_loads_without_torchvision_only_with_the_adjustment(
+    gemma4_checkpoint: Path,
+) -> None:
+    import importlib.util
+
+    assert importlib.util.find_spec("torchvision") is None, "the CPU build has no torchvision"
+    with_it = run_fresh(LOAD_PROCESSOR, str(gemma4_checkpoint))
+    assert with_it.returncode == 0, with_it.stderr[-2000:]
+    assert "Gemma4Processor Gemma4ImageProcessorPil" in with_it.stdout
+    without = run_fresh(LOAD_PROCESSOR, str(gemma4_checkpoint), off="gemma4-processor")
+    assert without.returncode != 0
+    assert "torchvision" in without.stderr
+
+
+def test_the_audio_adjustment_hands_linear_end_a_contiguous_tensor() -> None:
+    """transformers' audio block feeds ``linear_end`` a transposed tensor; with the
+    adjustment (applied in this process by now) the layer sees a contiguous one."""
+    import torch
+    from transformers.models.gemma4 import modeling_gemma4
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4AudioConfig
+
+    assert vllm_compat.gemma4_audio_contiguous_input()
+    config = Gemma4AudioConfig(hidden_size=32, num_attention_heads=2)
+    block = modeling_gemma4.Gemma4AudioLightConv1d(config)
+    seen: list[bool] = []
+    block.linear_end.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous())
+    )
+    with torch.no_grad():
+        block(torch.randn(1, 12, 32))
+    assert seen == [True]
+    # and without the hook the input is not contiguous: what vLLM's CPU kernel refuses
+    hooks = block.linear_end._forward_pre_hooks
+    ours = [k for k, h in hooks.items() if h is vllm_compat._contiguous_input]
+    assert ours
+    for key in ours:
+        del hooks[key]
+    seen.clear()
+    with torch.no_grad():
+        block(torch.randn(1, 12, 32))
+    assert seen == [False]
+
+
+def test_the_adjustments_are_guarded_by_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "from gemma_desktop.core.engine import vllm_compat as c\n"
+    # another vLLM line: nothing is applied (checked in a fresh process)
+    fake_vllm = code + (
+        "c.installed_version = lambda: '0.33.0'\nprint(c.apply_engine_process_adjustments())\n"
+    )
+    assert "'gemma4-processor': False, 'gemma4-audio': False" in run_fresh(fake_vllm).stdout
+    fake_transformers = code + (
+        "c.transformers_line = lambda: (5, 20)\nprint(c.apply_engine_process_adjustments())\n"
+    )
+    out = run_fresh(fake_transformers).stdout
+    assert "'gemma4-processor': False, 'gemma4-audio': False" in out
+    monkeypatch.setattr(vllm_compat, "installed_version", lambda: "0.33.0")
+    with pytest.raises(vllm_compat.UnsupportedVllmError):
+        vllm_compat.gemma4_reasoning_parser(None, thinking=True)
+
+
+def test_the_switch_names_only_known_adjustments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(vllm_compat.ADJUSTMENTS_OFF_ENV, "gemma4-audio, other")
+    assert vllm_compat.adjustment_off("gemma4-audio")
+    assert not vllm_compat.adjustment_off("gemma4-processor")
+    assert set(vllm_compat.ADJUSTMENTS) == {"gemma4-processor", "gemma4-audio"}
+
+
+def test_the_reasoning_parser_is_vllms_gemma4_parser(gemma4_checkpoint: Path) -> None:
+    from transformers import AutoTokenizer
+
+    parser = vllm_compat.gemma4_reasoning_parser(
+        AutoTokenizer.from_pretrained(gemma4_checkpoint), thinking=True
+    )
+    assert type(parser).__name__ == "Gemma4ParserReasoningAdapter"

@@ -1,0 +1,101 @@
+"""The microphone through PortAudio against a real PulseAudio server fed with espeak-ng speech:
+the recording is the speech, the level meter moves, the limit stops it, and a missing or dying
+sound server is said plainly."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gemma_desktop.core.audio_capture import SAMPLE_RATE, MicrophoneError, Recording
+from tests.fixtures.pulse import PulseServer, rescan_portaudio
+
+
+def reference_16k(server: PulseServer, wav: Path) -> np.ndarray:
+    out = server.tmpdir / "ref16.wav"
+    subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
+    with wave.open(str(out)) as handle:
+        pcm = np.frombuffer(handle.readframes(handle.getnframes()), np.int16)
+    return pcm.astype(np.float32) / 32768
+
+
+def best_correlation(captured: np.ndarray, reference: np.ndarray) -> float:
+    """Normalised correlation of ``reference`` with the best-aligned part of ``captured``."""
+    n = 1 << int(np.ceil(np.log2(captured.size + reference.size)))
+    xc = np.fft.irfft(np.fft.rfft(captured, n) * np.conj(np.fft.rfft(reference, n)), n)
+    lag = int(np.argmax(np.abs(xc[: captured.size])))
+    segment = captured[lag : lag + reference.size]
+    ref = reference[: segment.size]
+    return float(np.dot(segment, ref) / (np.linalg.norm(segment) * np.linalg.norm(ref) + 1e-12))
+
+
+def poll_for(recording: Recording, seconds: float) -> list[float]:
+    levels = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        levels.append(recording.poll().rms)
+        time.sleep(0.05)
+    return levels
+
+
+def test_records_the_speech_the_server_plays(pulse_server: PulseServer) -> None:
+    rescan_portaudio()
+    wav = pulse_server.speak_to_wav("What is the capital of France?")
+    reference = reference_16k(pulse_server, wav)
+    recording = Recording()
+    recording.start()
+    try:
+        player = pulse_server.play(wav, wait=False)
+        levels = poll_for(recording, reference.size / SAMPLE_RATE + 0.6)
+        player.wait(10)
+        audio = recording.stop()
+    finally:
+        recording.cancel()
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size > reference.size
+    assert best_correlation(audio, reference) > 0.9
+    assert max(levels) > 0.05 and min(levels) < 0.01  # the meter moves with the speech
+    assert not recording.is_recording
+
+
+def test_stops_at_the_limit_with_exactly_the_limit(pulse_server: PulseServer) -> None:
+    rescan_portaudio()
+    recording = Recording(max_seconds=0.5)
+    recording.start()
+    deadline = time.monotonic() + 10
+    level = recording.poll()
+    while not level.limit_reached and time.monotonic() < deadline:
+        time.sleep(0.05)
+        level = recording.poll()
+    assert level.limit_reached and not recording.is_recording
+    assert recording.stop().size == SAMPLE_RATE // 2
+
+
+def test_no_sound_server_is_said_plainly(no_pulse_server: None) -> None:
+    rescan_portaudio()
+    with pytest.raises(MicrophoneError) as info:
+        Recording().start()
+    assert "No microphone was found" in info.value.reason
+    assert "PulseAudio or PipeWire" in info.value.hint
+
+
+def test_a_server_that_dies_while_recording(pulse_server: PulseServer) -> None:
+    rescan_portaudio()
+    recording = Recording(stall_timeout_s=1.0)
+    recording.start()
+    poll_for(recording, 0.3)
+    pulse_server.kill_daemon()
+    deadline = time.monotonic() + 10
+    with pytest.raises(MicrophoneError) as info:
+        while time.monotonic() < deadline:
+            recording.poll()
+            time.sleep(0.05)
+    assert "microphone" in info.value.reason.lower() or "sound" in info.value.reason.lower()
+    assert not recording.is_recording
+    with pytest.raises(MicrophoneError):
+        recording.stop()
