@@ -45,7 +45,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(DEB_STAMP)
 	@mkdir -p bench/results
-	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_engine.py --attribute
 	QT_QPA_PLATFORM=offscreen $(BIN)/python bench/bench_view.py
 
 screenshots: $(STAMP) $(DEB_STAMP)

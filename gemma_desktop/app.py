@@ -34,6 +34,7 @@ from PySide6.QtWidgets import QWidget
 
 from gemma_desktop import APP_ID, APP_NAME, __version__
 from gemma_desktop.core import paths
+from gemma_desktop.core.audio_capture import AudioDevices
 from gemma_desktop.core.chat.history import AsyncHistory, HistoryError, HistoryStore
 from gemma_desktop.core.engine.assembly import EngineAssembly
 from gemma_desktop.core.engine.processes import EngineRegistry
@@ -98,6 +99,7 @@ class GemmaDesktopApp:
             catalog=self.catalog, token_provider=lambda: self.token_store.locate().token
         )
         self.history = _open_history()
+        self.audio = AudioDevices()  # opens no device until the user records or plays
         self.remote_session_keys: dict[str, str] = {}
         self.engine_registry = EngineRegistry()
         self.assembly = EngineAssembly(
@@ -127,6 +129,7 @@ class GemmaDesktopApp:
                 log_path=self.log_path,
                 diagnostics=lambda: self.diagnostics(""),
                 history=self.history,
+                audio=self.audio,
                 local_api=self.local_api,
                 remote_session_keys=self.remote_session_keys,
             )
@@ -135,6 +138,7 @@ class GemmaDesktopApp:
         # 5. the one way out, and what it stops, in order
         self.quitter = Quitter()
         self.quitter.add_step("the answer", self.window.chat.shutdown)
+        self.quitter.add_step("the sound", self._stop_sound)
         self.quitter.add_step("downloads", self._cancel_downloads)
         self.quitter.add_step("the local API", self.local_api.shutdown)
         self.quitter.add_step("the engine", self.host.shutdown)
@@ -209,6 +213,12 @@ class GemmaDesktopApp:
         )
 
     # --- shutdown -------------------------------------------------------------------------------
+
+    async def _stop_sound(self) -> None:
+        if self.window.chat.recorder_bar.recording:
+            self.window.chat.recorder_bar.cancel()  # the microphone is closed, nothing attached
+        if self.audio.playing is not None:
+            self.audio.stop_playback()
 
     async def _cancel_downloads(self) -> None:
         self.download_manager.cancel_all()

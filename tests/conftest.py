@@ -32,6 +32,9 @@ _SCRUBBED = (
     "ATOMR_INFER_GEMMA_MAX_LEN",
     "ATOMR_INFER_GEMMA_TEXT_ONLY",
     "GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF",
+    "ATOMR_INFER_GEMMA_CPU_OFFLOAD_GB",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
 )
 
 # Shared fixture modules; each area adds its own file under tests/fixtures/.

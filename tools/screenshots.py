@@ -395,6 +395,9 @@ async def scene_media(s: Shooter, dark: bool) -> None:
     await s.shoot(app.window, f"{'12' if dark else '11'}-thinking-closed{'-dark' if dark else ''}")
     block = chat.transcript.thinking_blocks[-1]
     chat.transcript.toggle_thinking(block.id)
+    await s.settle(0.1)
+    bar = chat.transcript.verticalScrollBar()
+    bar.setValue(bar.maximum())  # the answer below the opened thinking stays in view
     await s.shoot(app.window, f"{'14' if dark else '13'}-thinking-open{'-dark' if dark else ''}")
     chat.transcript.end_answer()
     await s.finish(app)

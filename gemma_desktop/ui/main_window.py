@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from gemma_desktop import APP_NAME, __version__
+from gemma_desktop.core.audio_capture import AudioDevices
 from gemma_desktop.core.chat.history import AsyncHistory
 from gemma_desktop.core.engine.protocol import EngineState, EngineStatus
 from gemma_desktop.core.models.catalog import VariantCatalog
@@ -71,6 +72,8 @@ class WindowServices:
     diagnostics: Callable[[], str] | None = None
     #: The conversation history; ``None`` records nothing (the History page says so).
     history: AsyncHistory | None = None
+    #: The microphone and playback; ``None`` offers no recording.
+    audio: AudioDevices | None = None
     #: The local OpenAI-compatible endpoint's owner.
     local_api: LocalApiHost | None = None
     #: Remote API keys kept for this session only (no keyring); the engine assembly reads them.
@@ -106,7 +109,7 @@ class MainWindow(QMainWindow):
 
         self.indicator = EngineIndicator(self.host, services.catalog)
         self.indicator.start_requested.connect(self.start_or_restart_engine)
-        self.chat = ChatPanel(self.host, history=services.history)
+        self.chat = ChatPanel(self.host, history=services.history, audio=services.audio)
         self.history_panel = HistoryPanel(services.history)
         self.probe_panel = ProbePanel(services.state)
         self.token_panel = TokenPanel(

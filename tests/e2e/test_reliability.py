@@ -232,6 +232,46 @@ def test_quit_while_the_engine_starts_exits_at_once_and_leaves_nothing(
     assert "Start cancelled" in _log(run) or "engine stopped" in _log(run)
 
 
+@pytest.mark.engine
+def test_leftovers_of_a_killed_run_are_ended_by_the_next_launch_which_says_so(
+    xvfb_display: Any, home: Path, launched: list[AppRun], bundled_model_path: Path
+) -> None:
+    """The record of engine processes, on its own: with the parent-death guard switched
+    off, an engine outlives its killed app; the next launch ends it and says so."""
+    finished_setup(home, model_id="bundled/gemma-3-270m")
+    unguarded = app_env(
+        xvfb_display.env, home, ATOMR_INFER_GEMMA_AUTO="on", GEMMA_DESKTOP_ENGINE_GUARD="off"
+    )
+    first = AppRun(unguarded, home).start()
+    launched.append(first)
+    first.wait_window("Gemma Desktop")
+    wait_until(lambda: _engine_ready(first, 0), 300, "the engine to start")
+    engines = first.engine_processes()
+    assert any("EngineCore" in p.name for p in engines), engines
+    first.kill()
+    try:
+        time.sleep(3)
+        assert [p for p in engines if p.alive()], "without the guard the engine should outlive it"
+
+        offset = len(_log_file_text(home))
+        second = AppRun(app_env(xvfb_display.env, home, ATOMR_INFER_GEMMA_AUTO="off"), home)
+        launched.append(second.start())
+        second.wait_window("Gemma Desktop")
+        wait_until(
+            lambda: "left by an earlier run" in _log_file_text(home)[offset:],
+            60,
+            "the launch to report the leftovers",
+            details=lambda: _log_file_text(home)[offset:][-3000:],
+        )
+        assert gone_within(engines, timeout=10) == []
+        assert second.running()
+        assert second.stop(timeout=60) == 0
+        record = json.loads(first.state("engine-processes.json").read_text(encoding="utf-8"))
+        assert record["runs"] == [], "the ended run is forgotten"
+    finally:
+        end_strays(engines)
+
+
 def test_a_mistyped_model_warns_keeps_the_saved_choice_and_opens_the_window(
     xvfb_display: Any, home: Path, launched: list[AppRun]
 ) -> None:

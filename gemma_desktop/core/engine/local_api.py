@@ -29,8 +29,8 @@ The served model name is the deployment name (``settings.deployment_name``,
 a task on the app's asyncio loop (uvicorn with ``loop="none"``, its signal
 handlers disabled so Ctrl-C still reaches the app) and :meth:`stop` ends it.
 Images (``image_url``) and audio (``input_audio`` or ``audio_url``) go to a Gemma 4
-model as vLLM's server takes them; on the CPU build send audio at 16 kHz (vLLM's
-resampler needs torchaudio, which the CPU build cannot install). A Gemma 4 chat
+model as vLLM's server takes them (audio at any rate: vllm_compat makes vLLM
+resample with soxr where it would need torchaudio). A Gemma 4 chat
 model's thinking streams as ``reasoning`` (vLLM's Gemma 4 reasoning parser), and
 ``chat_template_kwargs: {"enable_thinking": true}`` turns it on.
 While the engine is not running (starting, crashed, stopped) requests get 503;

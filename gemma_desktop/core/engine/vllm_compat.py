@@ -21,7 +21,10 @@ uses names that are not vLLM's public API (the engine classes and
     processor imports torchvision, which cannot be installed beside the CPU
     build of torch;
   - :func:`gemma4_audio_contiguous_input` (vLLM 0.32 with transformers 5.19):
-    the first audio request kills the CPU engine without it.
+    the first audio request kills the CPU engine without it;
+  - :func:`resample_audio_without_torchaudio` (vLLM 0.32): audio that is not
+    at the model's rate fails every request on the CPU build (its resampler
+    defaults to torchaudio, which cannot be installed beside the CPU torch).
 
   ``GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF`` (a comma-separated list of
   :data:`ADJUSTMENTS` names) leaves adjustments out, in every process that
@@ -54,7 +57,7 @@ SUPPORTED_LINE = (0, 32)
 #: The transformers series whose Gemma 4 module layout the Gemma 4 adjustments were written for.
 SUPPORTED_TRANSFORMERS_LINE = (5, 19)
 #: The adjustments :func:`apply_engine_process_adjustments` applies, by name.
-ADJUSTMENTS = ("gemma4-processor", "gemma4-audio")
+ADJUSTMENTS = ("gemma4-processor", "gemma4-audio", "audio-resampler")
 #: Names of :data:`ADJUSTMENTS` to leave out (comma-separated), in every process.
 ADJUSTMENTS_OFF_ENV = "GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF"
 #: Imported on the vLLM import thread, so nothing is imported on the UI thread later.
@@ -122,7 +125,43 @@ def apply_engine_process_adjustments() -> dict[str, bool]:
     return {
         "gemma4-processor": gemma4_processor_without_torchvision(),
         "gemma4-audio": gemma4_audio_contiguous_input(),
+        "audio-resampler": resample_audio_without_torchaudio(),
     }
+
+
+def resample_audio_without_torchaudio() -> bool:
+    """Resample audio with soxr where vLLM would ask the missing torchaudio.
+
+    vLLM 0.32's ``MultiModalDataParser`` builds an ``AudioResampler`` with its
+    default method, ``"torchaudio"``; without torchaudio (the CPU build) every
+    request whose audio is not at the model's rate (16 kHz for Gemma 4) fails,
+    the local API's and a CPU server's included (the app's own engines always
+    send 16 kHz). With soxr installed (an app dependency) that default becomes
+    ``"soxr"``, one of vLLM's own methods; an explicit choice is kept.
+    """
+    name = "audio-resampler"
+    if name in _applied:
+        return True
+    if (
+        adjustment_off(name)
+        or not on_supported_line()
+        or importlib.util.find_spec("torchaudio") is not None
+        or importlib.util.find_spec("soxr") is None
+    ):
+        return False
+    from vllm.multimodal import audio
+
+    cls = audio.AudioResampler
+    original_init: Any = cls.__init__
+    if not getattr(original_init, "_soxr_default", False):
+
+        def __init__(self: Any, target_sr: float | None = None, method: str = "soxr") -> None:
+            original_init(self, target_sr, "soxr" if method == "torchaudio" else method)
+
+        __init__._soxr_default = True  # type: ignore[attr-defined]
+        setattr(cls, "__init__", __init__)  # noqa: B010
+    _applied.add(name)
+    return True
 
 
 def adjustment_off(name: str) -> bool:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import importlib
 import json
@@ -687,13 +688,17 @@ class VllmStreamEnd(StreamEnd):
 
 def local_abilities(config: EngineConfig) -> EngineAbilities:
     """What a local engine on ``config`` takes: the catalog variant's inputs and thinking,
-    less what text-only mode (``ATOMR_INFER_GEMMA_TEXT_ONLY``) switches off."""
+    less what text-only mode (``ATOMR_INFER_GEMMA_TEXT_ONLY``) switches off. Thinking
+    needs vLLM's Gemma 4 reasoning parser, reached on the supported vLLM line only."""
     from gemma_desktop.core.models.catalog import VariantCatalog
 
     catalog = VariantCatalog()
     if config.model_id not in catalog:
         return EngineAbilities(why_not=f"{config.model_id} is not a model the app knows.")
-    variant = catalog.get(config.model_id)
+    variant = dataclasses.replace(
+        catalog.get(config.model_id),
+        thinking=catalog.get(config.model_id).thinking and vllm_compat.on_supported_line(),
+    )
     if not variant.inputs:
         why = (
             "The bundled Gemma 3 270M reads text only."

@@ -126,7 +126,10 @@ async def provision_bundled_model_async(
 
 
 def _run_converter(
-    target: Path, progress: ProvisionListener | None, cancel: threading.Event
+    target: Path,
+    progress: ProvisionListener | None,
+    cancel: threading.Event,
+    command: list[str] | None = None,
 ) -> None:
     """Run the conversion in a child process, relaying its JSON progress lines.
 
@@ -134,7 +137,7 @@ def _run_converter(
     stderr, so neither pipe can fill up and block the child; the child is
     killed after :data:`CONVERT_TIMEOUT_S` or when the caller is interrupted.
     """
-    cmd = [sys.executable, "-m", "gemma_desktop.core.models.bundled", str(target)]
+    cmd = command or [sys.executable, "-m", "gemma_desktop.core.models.bundled", str(target)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     errors: list[str] = []
     with subprocess.Popen(

@@ -426,7 +426,7 @@ class ChatPanel(QWidget):
     def abilities(self) -> EngineAbilities:
         """What the running engine takes besides text (nothing while none runs)."""
         engine = self._host.engine
-        if engine is None or not self._host.is_running:
+        if engine is None or not (self._host.is_running or self._host.is_sleeping):
             return EngineAbilities(why_not="Start the engine first.")
         return engine.abilities
 
@@ -574,7 +574,7 @@ class ChatPanel(QWidget):
         if self.attachment_store is None:
             return "Attachments are off: the conversation history's folder could not be opened."
         engine = self._host.engine
-        if engine is None or not self._host.is_running:
+        if engine is None or not (self._host.is_running or self._host.is_sleeping):
             return "Start the engine first: attachments go to the model that runs."
         abilities = engine.abilities
         for kind in kinds:
@@ -803,7 +803,7 @@ class ChatPanel(QWidget):
         if not asleep and (self._host.engine is None or not self._host.is_running):
             self.show_message("The engine is not running yet: start it at the top of the window.")
             return
-        refusal = self._refusal([a.kind for a in files]) if files or not asleep else None
+        refusal = self._refusal([a.kind for a in files]) if files else None
         if refusal:
             self.show_message(refusal + " Remove the attachment to send the text alone.")
             return

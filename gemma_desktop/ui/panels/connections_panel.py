@@ -54,6 +54,7 @@ from gemma_desktop.core.engine.remote import (
     normalize_base_url,
 )
 from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.logs import REDACTOR
 from gemma_desktop.core.secrets import KeyringUnavailableError
 from gemma_desktop.ui import dialogs, theme
 from gemma_desktop.ui.app_state import AppState
@@ -308,6 +309,7 @@ class ConnectionsPanel(QWidget):
         """The key typed in the field, else this session's, else the keyring's."""
         typed = self.key_field.text().strip()
         if typed:
+            REDACTOR.add_secret(typed)  # from here on it may reach a log line or a crash report
             return typed
         if base_url in self.session_keys:
             return self.session_keys[base_url]

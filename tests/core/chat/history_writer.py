@@ -7,7 +7,7 @@ flushes stdout, so the parent knows which answers must survive a ``kill -9``.
 It also prints ``streaming <message_id>`` once a partial answer is on disk.
 
 ``python -m tests.core.chat.history_writer DB SEED --attachments`` instead writes user
-messages that each carry two attachment files (0.5-3 MB of random bytes; one of them
+messages that each carry two attachment files (1-6 MB of random bytes; one of them
 shared with the message before), printing ``writing`` before a file is written and
 ``attached <message_id>`` once the message that refers to it is committed (and
 ``deleting <message_id>`` before every third message is deleted again).
@@ -46,7 +46,7 @@ def write_attachments(store: HistoryStore, seed: int) -> None:
     conversation = store.create_conversation(f"attachments {seed}")
     previous = None
     for n in range(1_000_000):
-        data = rng.randbytes(rng.randint(512 * 1024, 3 * 1024 * 1024))
+        data = rng.randbytes(rng.randint(1024 * 1024, 6 * 1024 * 1024))
         print("writing", flush=True)
         fresh = store.attachments.put(
             PreparedFile(data, "image", "image/png", f"picture-{seed}-{n}.png", width=8, height=8)

@@ -77,27 +77,53 @@ def test_the_audio_adjustment_hands_linear_end_a_contiguous_tensor() -> None:
 
 
 def test_the_adjustments_are_guarded_by_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    code = "from gemma_desktop.core.engine import vllm_compat as c\n"
-    # another vLLM line: nothing is applied (checked in a fresh process)
-    fake_vllm = code + (
-        "c.installed_version = lambda: '0.33.0'\nprint(c.apply_engine_process_adjustments())\n"
-    )
-    assert "'gemma4-processor': False, 'gemma4-audio': False" in run_fresh(fake_vllm).stdout
-    fake_transformers = code + (
-        "c.transformers_line = lambda: (5, 20)\nprint(c.apply_engine_process_adjustments())\n"
-    )
-    out = run_fresh(fake_transformers).stdout
-    assert "'gemma4-processor': False, 'gemma4-audio': False" in out
+    # as in a process where nothing was applied yet
+    monkeypatch.setattr(vllm_compat, "_applied", set())
     monkeypatch.setattr(vllm_compat, "installed_version", lambda: "0.33.0")
+    assert vllm_compat.apply_engine_process_adjustments() == dict.fromkeys(
+        vllm_compat.ADJUSTMENTS, False
+    )
     with pytest.raises(vllm_compat.UnsupportedVllmError):
         vllm_compat.gemma4_reasoning_parser(None, thinking=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(vllm_compat, "_applied", set())
+    monkeypatch.setattr(vllm_compat, "transformers_line", lambda: (5, 20))
+    applied = vllm_compat.apply_engine_process_adjustments()
+    assert not applied["gemma4-processor"] and not applied["gemma4-audio"]
+    assert vllm_compat._applied <= {"audio-resampler"}  # vLLM's own, not transformers'
+
+
+RESAMPLE_44K = (
+    "import numpy as np\n"
+    "from gemma_desktop.core.engine import vllm_compat\n"
+    "print(vllm_compat.apply_engine_process_adjustments())\n"
+    "from vllm.multimodal.parse import MultiModalDataParser\n"
+    "wave = np.sin(np.arange(44100) / 44100 * 2 * np.pi * 440).astype(np.float32)\n"
+    "out = MultiModalDataParser(target_sr=16000).audio_resampler.resample(wave, orig_sr=44100)\n"
+    "print('resampled', len(out))\n"
+)
+
+
+def test_audio_at_another_rate_resamples_only_with_the_adjustment() -> None:
+    """What the local API and a CPU server do with a 44.1 kHz upload (here, with the
+    adjustment applied in this process; without it, in a fresh one)."""
+    import numpy as np
+    from vllm.multimodal.parse import MultiModalDataParser
+
+    assert vllm_compat.resample_audio_without_torchaudio()
+    wave = np.sin(np.arange(44100) / 44100 * 2 * np.pi * 440).astype(np.float32)
+    resampler = MultiModalDataParser(target_sr=16000).audio_resampler
+    assert len(resampler.resample(wave, orig_sr=44100)) == 16000
+    without = run_fresh(RESAMPLE_44K, off="audio-resampler")
+    assert without.returncode != 0
+    assert "torchaudio" in without.stderr or "vllm" in without.stderr
 
 
 def test_the_switch_names_only_known_adjustments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(vllm_compat.ADJUSTMENTS_OFF_ENV, "gemma4-audio, other")
     assert vllm_compat.adjustment_off("gemma4-audio")
     assert not vllm_compat.adjustment_off("gemma4-processor")
-    assert set(vllm_compat.ADJUSTMENTS) == {"gemma4-processor", "gemma4-audio"}
+    assert set(vllm_compat.ADJUSTMENTS) == {"gemma4-processor", "gemma4-audio", "audio-resampler"}
 
 
 def test_the_reasoning_parser_is_vllms_gemma4_parser(gemma4_checkpoint: Path) -> None:

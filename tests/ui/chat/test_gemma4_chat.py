@@ -91,7 +91,8 @@ def test_pasted_image_reaches_the_model_with_its_soft_tokens(
     window: Any, qtbot: Any, gemma4_media: dict[str, Path], gemma4_transformers: Any
 ) -> None:
     chat = window.window.chat
-    assert chat.attach_button.isEnabled() and chat.record_button.isEnabled() is False
+    # The app hands the chat its sound service: recording is offered with a model that hears.
+    assert chat.attach_button.isEnabled() and chat.record_button.isEnabled()
     assert chat.think_toggle.isEnabled()
     paste(qtbot, chat, QImage(str(gemma4_media["image"])))
     (chip,) = chat.tray.chips
@@ -143,6 +144,25 @@ def test_pasted_sound_file_reaches_the_model_with_its_soft_tokens(
     stats = send_and_wait(qtbot, chat, QUESTION)
     assert stats.prompt_tokens == len(gemma4_transformers.prompt_ids("audio", gemma4_media))
     assert "▶ Play" in chat.transcript.toPlainText()
+
+
+def test_the_attach_dialog_attaches_what_is_picked(
+    window: Any, qtbot: Any, gemma4_media: dict[str, Path]
+) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    chat = window.window.chat
+    chat.attach_button.click()
+    dialog = chat.file_dialog
+    assert isinstance(dialog, QFileDialog) and dialog.isVisible()  # open(), not exec()
+    assert dialog.fileMode() == QFileDialog.FileMode.ExistingFiles
+    dialog.selectFile(str(gemma4_media["image"]))
+    dialog.accept()
+    qtbot.waitUntil(lambda: len(chat.draft_attachments) == 1, timeout=20_000)
+    assert chat.draft_attachments[0].name == gemma4_media["image"].name
+    assert chat.file_dialog is None
+    chat.tray.chips[0].remove_button.click()
+    assert chat.draft_attachments == [] and not chat.tray.isVisible()
 
 
 def test_a_recorded_question_reaches_the_model(

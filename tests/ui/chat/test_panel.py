@@ -157,3 +157,21 @@ def test_controls_have_accessible_names(qtbot: Any, qloop: Any) -> None:
     assert len(controls) >= 10
     unnamed = [w for w in controls if not w.accessibleName()]
     assert unnamed == []
+
+
+def test_new_controls_are_named_and_off_without_an_engine(qtbot: Any, qloop: Any) -> None:
+    panel = ChatPanel(EngineHost(None, "bundled/gemma-3-270m"))
+    qtbot.addWidget(panel)
+    panel.show()
+    for button, name in (
+        (panel.attach_button, "Attach image or audio"),
+        (panel.record_button, "Record from the microphone"),
+        (panel.think_toggle, "Think before answering"),
+    ):
+        assert button.accessibleName() == name
+        assert not button.isEnabled() and "Start the engine" in button.toolTip()
+        assert button.focusPolicy() & Qt.FocusPolicy.TabFocus
+    assert panel.recorder_bar.stop_button.accessibleName() == "Stop recording and attach it"
+    assert panel.recorder_bar.cancel_button.accessibleName() == "Cancel recording"
+    assert not panel.recorder_bar.isVisible() and not panel.tray.isVisible()
+    assert not panel.options().thinking
