@@ -20,7 +20,7 @@ APP_DEBS := libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-ra
 	libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core xdg-utils \
 	libportaudio2 libasound2-plugins
 TEST_DEBS := $(APP_DEBS) xvfb xauth x11-utils dbus dbus-x11 gnome-keyring libsecret-tools trayer \
-	imagemagick desktop-file-utils xdotool pulseaudio pulseaudio-utils espeak-ng sox
+	imagemagick desktop-file-utils xdotool pulseaudio pulseaudio-utils espeak-ng sox lame opus-tools
 APP_DEB_STAMP := $(VENV)/.debs-app
 
 .PHONY: run test lint bench screenshots bundle debs clean help

@@ -374,6 +374,11 @@ class _HubBar(tqdm):  # type: ignore[misc]
     """
 
     run: _Run | None = None
+    #: No tqdm monitor thread: tqdm starts it while holding its class lock, and a
+    #: garbage collection in the new thread that finalizes an old bar waits for
+    #: that lock: both threads hang (seen in hf_hub's download thread). Nothing is
+    #: printed, so the monitor has nothing to do anyway.
+    monitor_interval = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["file"] = _NullWriter()
@@ -396,6 +401,8 @@ def _bar_for(run: _Run) -> type[_HubBar]:
 
 class _SilentBar(tqdm):  # type: ignore[misc]
     """A tqdm that prints nothing, for the bookkeeping ``snapshot_download`` call."""
+
+    monitor_interval = 0  # see _HubBar
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["file"] = _NullWriter()

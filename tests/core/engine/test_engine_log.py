@@ -2,9 +2,10 @@
 
 A fresh interpreter configures vLLM's logging the way the app does before
 vLLM is imported, lets vLLM apply it as its engine constructor does (from the
-configuration file the app wrote), then logs through vLLM's ``init_logger``: a secret in a line is masked, a
-traceback's secret too, and a log past the size limit is rolled over before
-the next engine start, keeping three old copies.
+configuration file the app wrote), then logs through vLLM's ``init_logger``:
+a secret in a line is masked, a traceback's secret too, and a log past the
+size limit is rolled over before the next engine start, keeping three old
+copies.
 """
 
 from __future__ import annotations

@@ -72,6 +72,26 @@ def test_full_download_then_nothing_to_fetch(
     assert len(fake_hub.requests(kind="resolve", method="GET")) == len(repo.files)
 
 
+def test_a_download_starts_no_tqdm_monitor_thread(
+    manager: DownloadManager, fake_hub: FakeHub, repo: FakeRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tqdm's monitor thread is started under tqdm's lock and can deadlock against a
+    garbage collection in that thread; the app's progress bars never start one."""
+    from tqdm import _monitor
+
+    started: list[object] = []
+    original = _monitor.TMonitor.__init__
+
+    def counting(self: object, *args: object, **kwargs: object) -> None:
+        started.append(self)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_monitor.TMonitor, "__init__", counting)
+    manager.download(DEFAULT_REPO)
+    assert manager.cached_snapshot(DEFAULT_REPO) is not None
+    assert started == []
+
+
 def test_progress_reports_rate_and_eta_per_file_and_overall(
     manager: DownloadManager, fake_hub: FakeHub
 ) -> None:
