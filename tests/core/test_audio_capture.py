@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gemma_desktop.core.audio_capture import SAMPLE_RATE, MicrophoneError, Recording
+from gemma_desktop.core.audio_capture import SAMPLE_RATE, AudioDevices, MicrophoneError, Recording
 from tests.fixtures.pulse import PulseServer, rescan_portaudio
 
 
@@ -103,3 +103,40 @@ def test_a_server_that_dies_while_recording(pulse_server: PulseServer) -> None:
     assert not recording.is_recording
     with pytest.raises(MicrophoneError):
         recording.stop()
+
+
+def test_play_sounds_through_the_default_output(pulse_server: PulseServer) -> None:
+    """A clip's Play goes to the system's default output: the null sink, whose monitor the
+    test records; Stop silences it."""
+    rescan_portaudio()
+    wav = pulse_server.speak_to_wav("Play this back, please.")
+    reference = reference_16k(pulse_server, wav)
+    devices = AudioDevices()
+    recording = Recording()
+    recording.start()
+    try:
+        poll_for(recording, 0.2)
+        seconds = devices.play(wav)
+        assert seconds == pytest.approx(reference.size / SAMPLE_RATE, abs=0.05)
+        assert devices.playing == wav
+        poll_for(recording, seconds + 0.6)
+        audio = recording.stop()
+    finally:
+        recording.cancel()
+    assert best_correlation(audio, reference) > 0.9
+    assert devices.playing is None  # over by itself
+
+    long_wav = pulse_server.tmpdir / "long.wav"
+    subprocess.run(["sox", str(wav), str(long_wav), "repeat", "5"], check=True)
+    recording = Recording()
+    recording.start()
+    try:
+        devices.play(long_wav)
+        poll_for(recording, 0.8)
+        devices.stop_playback()
+        assert devices.playing is None
+        poll_for(recording, 0.3)  # what was in the server's buffer
+        after = poll_for(recording, 0.6)
+    finally:
+        recording.cancel()
+    assert max(after) < 0.01, "the clip still plays after Stop"
