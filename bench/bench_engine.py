@@ -164,6 +164,67 @@ class CallProfiler:
                 self.calls.append((started, held, name, where))
 
 
+class StallDumper:
+    """The Python stacks of every thread 120 ms into a loop gap (``--attribute``).
+
+    faulthandler's watchdog is a C thread: it writes the stacks while another
+    thread holds the GIL, which no Python sampler can. Armed at every beat; a
+    gap longer than ``after_s`` leaves one dump, read at the beat that ends it.
+    """
+
+    def __init__(self, after_s: float = 0.12) -> None:
+        import tempfile
+        import threading
+
+        self.after_s = after_s
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open while the bench runs)
+        self._read_to = 0
+        self.main_ident = threading.main_thread().ident
+        #: (time of the beat that ended the gap, the dump)
+        self.dumps: dict[float, str] = {}
+
+    def beat(self, now: float) -> None:
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        if size > self._read_to:
+            text = os.pread(fd, size - self._read_to, self._read_to).decode(errors="replace")
+            self._read_to = size
+            self.dumps[now] = text
+        faulthandler.dump_traceback_later(self.after_s, file=self._file)
+
+    def stop(self) -> None:
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
+
+    IDLE = ("threading.py", "selectors.py", "queue.py", "concurrent/futures/thread.py")
+    #: Where the UI thread's stack ends while Qt's event loop waits.
+    UI_IDLE = ("qasync/__init__.py", "bench_engine.py")
+
+    def busy_stacks(self, text: str, depth: int = 3) -> list[str]:
+        """The innermost frames of each thread that was not waiting, the UI thread's too."""
+        import re
+
+        out = []
+        for block in re.split(r"\n(?=(?:Current thread|Thread) 0x)", text):
+            head = re.match(r"(?:Current thread|Thread) (0x[0-9a-f]+)", block.strip())
+            if head is None:
+                continue
+            ui = int(head.group(1), 16) == self.main_ident
+            frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
+            if not frames or frames[0][0].endswith(self.UI_IDLE if ui else self.IDLE):
+                continue
+            where = " < ".join(
+                f"{func} ({path.split('site-packages/')[-1]}:{line})"
+                for path, line, func in frames[:depth]
+            )
+            out.append(("the UI thread itself: " if ui else "another thread: ") + where)
+        return out
+
+
 def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -173,12 +234,20 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
 
     config = _engine_config()
     profiler = CallProfiler() if attribute else None
+    dumper = StallDumper() if attribute else None
     app = QApplication([])
     loop = create_loop(app)
     beats: list[float] = []
     timer = QTimer()
     timer.setInterval(HEARTBEAT_MS)
-    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+
+    def beat() -> None:
+        now = time.perf_counter()
+        beats.append(now)
+        if dumper is not None:
+            dumper.beat(now)
+
+    timer.timeout.connect(beat)
 
     def gaps_between(start: float, end: float) -> list[float]:
         inside = [start, *[b for b in beats if start <= b <= end], end]
@@ -197,6 +266,8 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
         engine = VllmEngine(config)
         await engine.start()
         ready = time.perf_counter()
+        if dumper is not None:
+            dumper.stop()
         try:
             await _sleep(0.2)
             t0 = time.perf_counter()
@@ -235,12 +306,14 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
                     and name not in IGNORED_CALLS
                 }
             )
+            stacks = dumper.busy_stacks(dumper.dumps.get(gap_end, "")) if dumper else []
             attributed.append(
                 {
                     "gap_ms": round(gap * 1000),
                     "at_s": round(gap_start - began, 2),
                     "phase": phase,
                     "long_c_calls": holders[:4],
+                    "busy_threads": stacks[:2],
                 }
             )
         stream_gaps = gaps_between(t0 + first, streamed)
@@ -559,10 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     for gap in apps[-1]["start_gaps_attributed"]:
         print(f"  {gap['gap_ms']:>5} ms at {gap['at_s']:>6.2f} s ({gap['phase']})")
     if attribution:
-        print("profiled run, C calls holding the GIL during each gap:")
+        print("profiled run, C calls in progress and busy threads during each gap:")
         for gap in attribution:
-            calls = "; ".join(gap["long_c_calls"]) or "(none found: interpreter/imports)"
+            calls = "; ".join(gap["long_c_calls"]) or "(no single long C call)"
             print(f"  {gap['gap_ms']:>5} ms at {gap['at_s']:>6.2f} s ({gap['phase']}): {calls}")
+            for stack in gap.get("busy_threads", []):
+                print(f"        120 ms in, {stack}")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {

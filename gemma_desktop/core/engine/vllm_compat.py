@@ -28,7 +28,8 @@ uses names that are not vLLM's public API (the engine classes and
 
   ``GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF`` (a comma-separated list of
   :data:`ADJUSTMENTS` names) leaves adjustments out, in every process that
-  inherits it: the tests use it to show that each one is still needed.
+  inherits it: the tests use it to show that each one is still needed. The
+  Gemma 4 ones apply only to a Gemma 4 model (:data:`MODEL_TYPE_ENV`).
 
 Each checks :func:`on_supported_line` first: an adjustment does nothing on
 another line, and the local API refuses with a message naming the version.
@@ -42,10 +43,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import sys
 import types
+from pathlib import Path
 from typing import Any, ClassVar
 
 from gemma_desktop.core.errors import GemmaDesktopError
@@ -115,16 +118,39 @@ def _require_line(what: str) -> None:
 # --- inside vLLM's own processes ---------------------------------------------------------
 
 
-def apply_engine_process_adjustments() -> dict[str, bool]:
+#: Set by the app around an engine start to the model's ``model_type`` (from its
+#: ``config.json``); the engine's processes inherit it. Unset (a vLLM server
+#: started by hand in this environment, say) every adjustment applies.
+MODEL_TYPE_ENV = "GEMMA_DESKTOP_ENGINE_MODEL_TYPE"
+#: The ``model_type`` values the Gemma 4 adjustments are for.
+GEMMA4_MODEL_TYPES = frozenset({"gemma4"})
+
+
+def model_type_of(model: str) -> str | None:
+    """The ``model_type`` in a local model folder's ``config.json``, or ``None``."""
+    try:
+        data = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("model_type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def apply_engine_process_adjustments(model_type: str | None = None) -> dict[str, bool]:
     """What :mod:`gemma_desktop.core.engine.vllm_plugin` applies in every vLLM process.
 
     Also called in the app's own process before it builds a Gemma 4 tokenizer or
     processor (the engine's start does it). Idempotent; returns which
-    adjustments are in place, by name.
+    adjustments are in place, by name. The Gemma 4 ones import transformers'
+    Gemma 4 modules, which holds the interpreter for about 0.4 s: they are left
+    out when ``model_type`` (else :data:`MODEL_TYPE_ENV`) names another model.
     """
+    if model_type is None:
+        model_type = os.environ.get(MODEL_TYPE_ENV) or None
+    gemma4 = model_type is None or model_type in GEMMA4_MODEL_TYPES
     return {
-        "gemma4-processor": gemma4_processor_without_torchvision(),
-        "gemma4-audio": gemma4_audio_contiguous_input(),
+        "gemma4-processor": gemma4 and gemma4_processor_without_torchvision(),
+        "gemma4-audio": gemma4 and gemma4_audio_contiguous_input(),
         "audio-resampler": resample_audio_without_torchaudio(),
     }
 

@@ -184,7 +184,9 @@ def _import_vllm() -> None:
     global _import_error, import_finished_at
     # Importing torch and vLLM creates hundreds of thousands of objects: the
     # collector's full passes during it hold the GIL, and freeze the window,
-    # for up to 0.2 s each. They run once the import is done instead.
+    # for up to 0.2 s each. They are not collected at all: once imported they
+    # live as long as the app, so they are frozen (moved out of the collector's
+    # sight) before it runs again; else its first pass walks them all (0.4 s).
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -193,9 +195,16 @@ def _import_vllm() -> None:
     except BaseException as exc:
         _import_error = exc
     finally:
-        if collecting:
-            gc.enable()
+        _resume_collector(collecting)
     import_finished_at = time.perf_counter()
+
+
+def _resume_collector(collecting: bool) -> None:
+    """After a burst of long-lived objects (vLLM's modules, an engine's tokenizer):
+    freeze them, so that no collection walks them while the window waits."""
+    gc.freeze()
+    if collecting:
+        gc.enable()
 
 
 def preload_vllm(
@@ -360,7 +369,12 @@ class VllmEngine(EngineBase):
         vllm_compat.cheapen_tokenizer_copies()
         # vLLM's plugin entry point applies these in its processes; this process
         # needs them before vLLM inspects a Gemma 4 model, whatever VLLM_PLUGINS says.
-        vllm_compat.apply_engine_process_adjustments()
+        # The engine's processes learn the model's type from the environment.
+        model_type = vllm_compat.model_type_of(self.config.model)
+        vllm_compat.apply_engine_process_adjustments(model_type)
+        environment = self.config.device_env + (
+            ((vllm_compat.MODEL_TYPE_ENV, model_type),) if model_type else ()
+        )
         args = AsyncEngineArgs(**self.config.to_engine_args_kwargs())
         # The start allocates millions of small objects (the tokenizer's vocabulary):
         # a full collection in the middle holds the GIL, and the window, for 0.1-0.3 s.
@@ -368,11 +382,10 @@ class VllmEngine(EngineBase):
         gc.disable()
         try:
             # The engine's processes inherit the chosen GPU (CUDA_VISIBLE_DEVICES) at spawn.
-            with device_environment(self.config.device_env):
+            with device_environment(environment):
                 return AsyncLLMEngine.from_engine_args(args)
         finally:
-            if collecting:
-                gc.enable()
+            _resume_collector(collecting)
 
     def _check_model_present(self) -> None:
         model = self.config.model

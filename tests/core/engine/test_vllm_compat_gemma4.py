@@ -133,3 +133,45 @@ def test_the_reasoning_parser_is_vllms_gemma4_parser(gemma4_checkpoint: Path) ->
         AutoTokenizer.from_pretrained(gemma4_checkpoint), thinking=True
     )
     assert type(parser).__name__ == "Gemma4ParserReasoningAdapter"
+
+
+WHAT_IS_APPLIED = (
+    "import sys\n"
+    "from gemma_desktop.core.engine import vllm_compat\n"
+    "print(vllm_compat.apply_engine_process_adjustments())\n"
+    "print(sorted(m for m in sys.modules if m.startswith('transformers.models.gemma4')))\n"
+)
+
+
+def test_the_gemma4_adjustments_stay_out_of_other_models_engines(
+    gemma4_checkpoint: Path, bundled_model_path: Path
+) -> None:
+    """The app tells the engine's processes the model's type; for another model they import
+    none of transformers' Gemma 4 modules (0.4 s of held interpreter in the app's process)."""
+    assert vllm_compat.model_type_of(str(gemma4_checkpoint)) == "gemma4"
+    other = vllm_compat.model_type_of(str(bundled_model_path))
+    assert other is not None and other not in vllm_compat.GEMMA4_MODEL_TYPES
+    assert vllm_compat.model_type_of(str(bundled_model_path / "missing")) is None
+
+    def applied(model_type: str | None) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != vllm_compat.MODEL_TYPE_ENV}
+        if model_type is not None:
+            env[vllm_compat.MODEL_TYPE_ENV] = model_type
+        result = subprocess.run(
+            [sys.executable, "-c", WHAT_IS_APPLIED],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.strip().splitlines()
+
+    gemma4_modules = ("modeling_gemma4", "configuration_gemma4", "image_processing_pil_gemma4")
+    flags, modules = applied(other)
+    assert "'gemma4-processor': False" in flags and "'gemma4-audio': False" in flags
+    assert not [m for m in gemma4_modules if f"transformers.models.gemma4.{m}'" in modules]
+    for model_type in ("gemma4", None):  # a Gemma 4 engine, or a server started by hand
+        flags, modules = applied(model_type)
+        assert "'gemma4-processor': True" in flags and "'gemma4-audio': True" in flags
+        assert all(f"transformers.models.gemma4.{m}'" in modules for m in gemma4_modules)
