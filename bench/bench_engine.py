@@ -129,6 +129,22 @@ IGNORED_CALLS = frozenset(
         "select",
     }
 )
+#: File-system calls that let go of the GIL for their system call: a long one is
+#: a thread waiting to take the GIL back from the one that holds it (the engine
+#: start's process watch reading /proc, say), not a cause of the gap.
+GIL_RELEASING_IO = frozenset(
+    {
+        "BufferedReader.read",
+        "BufferedReader.__exit__",
+        "BufferedReader.close",
+        "FileIO.read",
+        "open",
+        "listdir",
+        "scandir",
+        "stat",
+        "readlink",
+    }
+)
 
 
 class CallProfiler:
@@ -200,7 +216,15 @@ class StallDumper:
 
         faulthandler.cancel_dump_traceback_later()
 
-    IDLE = ("threading.py", "selectors.py", "queue.py", "concurrent/futures/thread.py")
+    #: Where a waiting thread's stack ends; psutil reads /proc without the GIL.
+    IDLE = (
+        "threading.py",
+        "selectors.py",
+        "queue.py",
+        "concurrent/futures/thread.py",
+        "psutil/_pslinux.py",
+        "psutil/_common.py",
+    )
     #: Where the UI thread's stack ends while Qt's event loop waits.
     UI_IDLE = ("qasync/__init__.py", "bench_engine.py")
 
@@ -304,6 +328,7 @@ def run_app(tokens: int, attribute: bool = False) -> dict[str, Any]:
                     if started < gap_end
                     and started + held > gap_start
                     and name not in IGNORED_CALLS
+                    and name not in GIL_RELEASING_IO
                 }
             )
             stacks = dumper.busy_stacks(dumper.dumps.get(gap_end, "")) if dumper else []
@@ -634,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     if attribution:
         print("profiled run, C calls in progress and busy threads during each gap:")
         for gap in attribution:
-            calls = "; ".join(gap["long_c_calls"]) or "(no single long C call)"
+            calls = "; ".join(gap["long_c_calls"]) or "(no long C call that holds the GIL)"
             print(f"  {gap['gap_ms']:>5} ms at {gap['at_s']:>6.2f} s ({gap['phase']}): {calls}")
             for stack in gap.get("busy_threads", []):
                 print(f"        120 ms in, {stack}")

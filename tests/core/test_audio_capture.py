@@ -6,32 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gemma_desktop.core.audio_capture import SAMPLE_RATE, AudioDevices, MicrophoneError, Recording
-from tests.fixtures.pulse import PulseServer, rescan_portaudio
-
-
-def reference_16k(server: PulseServer, wav: Path) -> np.ndarray:
-    out = server.tmpdir / "ref16.wav"
-    subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
-    with wave.open(str(out)) as handle:
-        pcm = np.frombuffer(handle.readframes(handle.getnframes()), np.int16)
-    return pcm.astype(np.float32) / 32768
-
-
-def best_correlation(captured: np.ndarray, reference: np.ndarray) -> float:
-    """Normalised correlation of ``reference`` with the best-aligned part of ``captured``."""
-    n = 1 << int(np.ceil(np.log2(captured.size + reference.size)))
-    xc = np.fft.irfft(np.fft.rfft(captured, n) * np.conj(np.fft.rfft(reference, n)), n)
-    lag = int(np.argmax(np.abs(xc[: captured.size])))
-    segment = captured[lag : lag + reference.size]
-    ref = reference[: segment.size]
-    return float(np.dot(segment, ref) / (np.linalg.norm(segment) * np.linalg.norm(ref) + 1e-12))
+from tests.fixtures.pulse import PulseServer, best_correlation, reference_16k, rescan_portaudio
 
 
 def poll_for(recording: Recording, seconds: float) -> list[float]:

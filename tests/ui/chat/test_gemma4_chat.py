@@ -1,9 +1,10 @@
 """Gemma 4 in the real window, on the small Gemma 4 test checkpoint on vLLM's CPU build (the
 session's ``gemma4_engine``): a picture pasted from the real clipboard, a sound file pasted as
-a file, and a question recorded from a real PulseAudio server reach the model, whose prompt
-token count includes their soft tokens (counted by transformers' own Gemma 4 processor); the
-history keeps them (reopen, continue, export, delete); Think changes the prompt; a recorded
-token stream with a thought channel renders its thinking apart from the answer.
+a file, and a question recorded from a real PulseAudio server (its chip plays it back through
+the server) reach the model, whose prompt token count includes their soft tokens (counted by
+transformers' own Gemma 4 processor); the history keeps them (reopen, continue, export,
+delete); Think changes the prompt; a recorded token stream with a thought channel renders its
+thinking apart from the answer.
 
 Random weights answer gibberish: these tests check structure (tokens stream, counts), never
 what the model says.
@@ -12,6 +13,7 @@ what the model says.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,14 @@ from PySide6.QtCore import QMimeData, Qt, QUrl
 from PySide6.QtGui import QGuiApplication, QImage
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from gemma_desktop.core.audio_capture import AudioDevices
+from gemma_desktop.core.audio_capture import AudioDevices, Recording
 from gemma_desktop.core.chat.history import AsyncHistory, HistoryStore
 from gemma_desktop.core.engine.protocol import EngineState
 from gemma_desktop.ui.chat.panel import ChatPanel
 from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.tasks import spawn
 from tests.fixtures.gemma4 import INSTRUCT_ID, QUESTION
-from tests.fixtures.pulse import PulseServer, rescan_portaudio
+from tests.fixtures.pulse import PulseServer, best_correlation, reference_16k, rescan_portaudio
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("fail_keyring")]
 
@@ -203,6 +205,23 @@ def test_a_recorded_question_reaches_the_model(
         assert recording.kind == "audio" and recording.mime == "audio/wav"
         assert 1.0 < (recording.duration_s or 0) < 10.0
         assert not chat.recorder_bar.isVisible()
+        # The chip's Play sends the clip to the default output, the null sink: its monitor
+        # (the microphone) hears the clip again, and playback ends by itself.
+        play = chat.tray.chips[0].play_button
+        assert play is not None and play.accessibleName() == f"Play {recording.name}"
+        monitor = Recording()
+        monitor.start()
+        try:
+            play.click()
+            until = time.monotonic() + (recording.duration_s or 0) + 0.8
+            while time.monotonic() < until:
+                qtbot.wait(50)
+                monitor.poll()
+            heard = monitor.stop()
+        finally:
+            monitor.cancel()
+        assert best_correlation(heard, reference_16k(pulse_server, recording.path)) > 0.9
+        assert chat.audio is not None and chat.audio.playing is None
         qtbot.keyClicks(chat.composer, QUESTION)
         qtbot.keyClick(chat.composer, Qt.Key.Key_Return)
         qtbot.waitUntil(lambda: not chat.streaming and chat.last_stats is not None, timeout=120_000)
