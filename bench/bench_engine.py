@@ -382,13 +382,12 @@ async def _sleep(seconds: float) -> None:
 # --- orchestration -------------------------------------------------------------------------
 
 
-def _child(mode: str, tokens: int, attribute: bool = False) -> dict[str, Any]:
-    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+def _run_child(args: list[str], what: str, **env_overrides: str) -> dict[str, Any]:
+    """Run this script with ``args`` in a fresh interpreter; its ``RESULT`` line."""
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="ERROR", **env_overrides)
     env.setdefault("GEMMA_DESKTOP_MODELS_DIR", str(REPO / "build" / "models"))
-    env["VLLM_LOGGING_LEVEL"] = "ERROR"
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--tokens", str(tokens)]
-        + (["--attribute"] if attribute else []),
+        [sys.executable, __file__, "--child", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -398,8 +397,16 @@ def _child(mode: str, tokens: int, attribute: bool = False) -> dict[str, Any]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"{mode} run failed (exit {proc.returncode})")
+        raise SystemExit(f"{what} run failed (exit {proc.returncode})")
     return dict(json.loads(lines[-1][len("RESULT ") :]))
+
+
+def _child(mode: str, tokens: int, attribute: bool = False) -> dict[str, Any]:
+    return _run_child(
+        [mode, "--tokens", str(tokens)] + (["--attribute"] if attribute else []),
+        mode,
+        QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+    )
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
@@ -522,22 +529,10 @@ def vllm_local_import_finished() -> float | None:
 
 
 def _gemma4_child(size: str, text_only: bool) -> dict[str, Any]:
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="ERROR")
-    env.setdefault("GEMMA_DESKTOP_MODELS_DIR", str(REPO / "build" / "models"))
-    command = [sys.executable, __file__, "--child", "gemma4", "--size", size]
-    proc = subprocess.run(
-        command + (["--text-only"] if text_only else []),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=900,
+    return _run_child(
+        ["gemma4", "--size", size] + (["--text-only"] if text_only else []),
+        f"gemma4 {size}",
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"gemma4 {size} run failed (exit {proc.returncode})")
-    return dict(json.loads(lines[-1][len("RESULT ") :]))
 
 
 def bench_gemma4(sizes: tuple[str, ...]) -> None:

@@ -47,6 +47,29 @@ def window(make_app: Any, gemma4_engine: Any) -> Any:
     assert gemma4_engine.status.state is EngineState.READY
 
 
+@pytest.fixture
+def sound_chat(gemma4_engine: Any, qtbot: Any, arun: Any, qloop: Any, tmp_path: Path) -> Any:
+    """Makes a chat panel with the sound service, its own history, on the session's Gemma 4
+    engine; called once the test's sound server (or its absence) is in place."""
+    made: list[tuple[AsyncHistory, ChatPanel]] = []
+
+    def make() -> ChatPanel:
+        rescan_portaudio()
+        history = AsyncHistory(HistoryStore(tmp_path / "history.sqlite3"))
+        host = EngineHost(None, INSTRUCT_ID)
+        host.adopt(gemma4_engine)
+        chat = ChatPanel(host, history=history, audio=AudioDevices())
+        qtbot.addWidget(chat)
+        chat.show()
+        made.append((history, chat))
+        return chat
+
+    yield make
+    for history, chat in made:
+        chat.recorder_bar.cancel()
+        close(history, chat, arun)
+
+
 def paste(qtbot: Any, chat: ChatPanel, data: QMimeData | QImage) -> None:
     """Put ``data`` on the real clipboard and press Ctrl+V in the message box."""
     clipboard = QGuiApplication.clipboard()
@@ -168,117 +191,80 @@ def test_the_attach_dialog_attaches_what_is_picked(
 
 
 def test_a_recorded_question_reaches_the_model(
-    gemma4_engine: Any,
-    pulse_server: PulseServer,
-    qtbot: Any,
-    arun: Any,
-    qloop: Any,
-    tmp_path: Path,
-    gemma4_transformers: Any,
+    pulse_server: PulseServer, sound_chat: Any, qtbot: Any, gemma4_transformers: Any
 ) -> None:
-    rescan_portaudio()
-    history = AsyncHistory(HistoryStore(tmp_path / "history.sqlite3"))
-    host = EngineHost(None, INSTRUCT_ID)
-    host.adopt(gemma4_engine)
-    chat = ChatPanel(host, history=history, audio=AudioDevices())
-    qtbot.addWidget(chat)
-    chat.show()
+    chat = sound_chat()
     chat.max_tokens.setValue(8)
     chat.temperature.setValue(0.0)
+    speech = pulse_server.speak_to_wav("What is the capital of France?")
+    assert chat.record_button.isEnabled()
+    chat.record_button.click()
+    assert chat.recorder_bar.isVisible() and chat.recorder_bar.recording
+    assert not chat.record_button.isEnabled()
+    assert chat.recorder_bar.level.accessibleName() == "Microphone level"
+    player = pulse_server.play(speech, wait=False)
+    peak = 0
+    while player.poll() is None:
+        qtbot.wait(50)
+        peak = max(peak, chat.recorder_bar.level.value())
+    assert peak > 10  # the meter moved with the speech
+    assert chat.recorder_bar.time_label.text().endswith("/ 0:30")
+    chat.recorder_bar.stop_button.click()
+    qtbot.waitUntil(lambda: bool(chat.draft_attachments), timeout=10_000)
+    (recording,) = chat.draft_attachments
+    assert recording.kind == "audio" and recording.mime == "audio/wav"
+    assert 1.0 < (recording.duration_s or 0) < 10.0
+    assert not chat.recorder_bar.isVisible()
+    # The chip's Play sends the clip to the default output, the null sink: its monitor
+    # (the microphone) hears the clip again, and playback ends by itself.
+    play = chat.tray.chips[0].play_button
+    assert play is not None and play.accessibleName() == f"Play {recording.name}"
+    monitor = Recording()
+    monitor.start()
     try:
-        speech = pulse_server.speak_to_wav("What is the capital of France?")
-        assert chat.record_button.isEnabled()
-        chat.record_button.click()
-        assert chat.recorder_bar.isVisible() and chat.recorder_bar.recording
-        assert not chat.record_button.isEnabled()
-        assert chat.recorder_bar.level.accessibleName() == "Microphone level"
-        player = pulse_server.play(speech, wait=False)
-        peak = 0
-        while player.poll() is None:
+        play.click()
+        until = time.monotonic() + (recording.duration_s or 0) + 0.8
+        while time.monotonic() < until:
             qtbot.wait(50)
-            peak = max(peak, chat.recorder_bar.level.value())
-        assert peak > 10  # the meter moved with the speech
-        assert chat.recorder_bar.time_label.text().endswith("/ 0:30")
-        chat.recorder_bar.stop_button.click()
-        qtbot.waitUntil(lambda: bool(chat.draft_attachments), timeout=10_000)
-        (recording,) = chat.draft_attachments
-        assert recording.kind == "audio" and recording.mime == "audio/wav"
-        assert 1.0 < (recording.duration_s or 0) < 10.0
-        assert not chat.recorder_bar.isVisible()
-        # The chip's Play sends the clip to the default output, the null sink: its monitor
-        # (the microphone) hears the clip again, and playback ends by itself.
-        play = chat.tray.chips[0].play_button
-        assert play is not None and play.accessibleName() == f"Play {recording.name}"
-        monitor = Recording()
-        monitor.start()
-        try:
-            play.click()
-            until = time.monotonic() + (recording.duration_s or 0) + 0.8
-            while time.monotonic() < until:
-                qtbot.wait(50)
-                monitor.poll()
-            heard = monitor.stop()
-        finally:
-            monitor.cancel()
-        assert best_correlation(heard, reference_16k(pulse_server, recording.path)) > 0.9
-        assert chat.audio is not None and chat.audio.playing is None
-        qtbot.keyClicks(chat.composer, QUESTION)
-        qtbot.keyClick(chat.composer, Qt.Key.Key_Return)
-        qtbot.waitUntil(lambda: not chat.streaming and chat.last_stats is not None, timeout=120_000)
-        stats = chat.last_stats
-        assert stats is not None and stats.completion_tokens > 0
-        media = {"audio": recording.path}
-        assert stats.prompt_tokens == len(gemma4_transformers.prompt_ids("audio", media))
+            monitor.poll()
+        heard = monitor.stop()
     finally:
-        chat.recorder_bar.cancel()
-        close(history, chat, arun)
+        monitor.cancel()
+    assert best_correlation(heard, reference_16k(pulse_server, recording.path)) > 0.9
+    assert chat.audio is not None and chat.audio.playing is None
+    qtbot.keyClicks(chat.composer, QUESTION)
+    qtbot.keyClick(chat.composer, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: not chat.streaming and chat.last_stats is not None, timeout=120_000)
+    stats = chat.last_stats
+    assert stats is not None and stats.completion_tokens > 0
+    media = {"audio": recording.path}
+    assert stats.prompt_tokens == len(gemma4_transformers.prompt_ids("audio", media))
 
 
 def test_the_recording_stops_at_the_limit_with_a_message(
-    gemma4_engine: Any, pulse_server: PulseServer, qtbot: Any, arun: Any, qloop: Any, tmp_path: Path
+    pulse_server: PulseServer, sound_chat: Any, qtbot: Any
 ) -> None:
-    rescan_portaudio()
-    history = AsyncHistory(HistoryStore(tmp_path / "history.sqlite3"))
-    host = EngineHost(None, INSTRUCT_ID)
-    host.adopt(gemma4_engine)
-    chat = ChatPanel(host, history=history, audio=AudioDevices())
-    qtbot.addWidget(chat)
-    chat.show()
+    chat = sound_chat()
     chat.recording_limit_s = 1.0  # Gemma 4's is 30 s; the same path, reached in a second
-    try:
-        assert chat.start_recording()
-        qtbot.waitUntil(lambda: bool(chat.draft_attachments), timeout=10_000)
-        (recording,) = chat.draft_attachments
-        assert recording.duration_s == pytest.approx(1.0)
-        assert "limit" in chat.message_label.text()
-        assert not chat.recorder_bar.recording
-        # Escape while recording throws the recording away.
-        assert chat.start_recording()
-        qtbot.keyClick(chat.composer, Qt.Key.Key_Escape)
-        assert not chat.recorder_bar.recording and len(chat.draft_attachments) == 1
-    finally:
-        chat.recorder_bar.cancel()
-        close(history, chat, arun)
+    assert chat.start_recording()
+    qtbot.waitUntil(lambda: bool(chat.draft_attachments), timeout=10_000)
+    (recording,) = chat.draft_attachments
+    assert recording.duration_s == pytest.approx(1.0)
+    assert "limit" in chat.message_label.text()
+    assert not chat.recorder_bar.recording
+    # Escape while recording throws the recording away.
+    assert chat.start_recording()
+    qtbot.keyClick(chat.composer, Qt.Key.Key_Escape)
+    assert not chat.recorder_bar.recording and len(chat.draft_attachments) == 1
 
 
-def test_no_microphone_is_said_plainly(
-    gemma4_engine: Any, no_pulse_server: None, qtbot: Any, arun: Any, qloop: Any, tmp_path: Path
-) -> None:
-    rescan_portaudio()
-    history = AsyncHistory(HistoryStore(tmp_path / "history.sqlite3"))
-    host = EngineHost(None, INSTRUCT_ID)
-    host.adopt(gemma4_engine)
-    chat = ChatPanel(host, history=history, audio=AudioDevices())
-    qtbot.addWidget(chat)
-    chat.show()
+def test_no_microphone_is_said_plainly(no_pulse_server: None, sound_chat: Any) -> None:
+    chat = sound_chat()
     chat.composer.setPlainText("my draft")
-    try:
-        assert not chat.start_recording()
-        assert "No microphone was found" in chat.message_label.text()
-        assert "PulseAudio or PipeWire" in chat.message_label.text()
-        assert not chat.recorder_bar.isVisible() and chat.composer.toPlainText() == "my draft"
-    finally:
-        close(history, chat, arun)
+    assert not chat.start_recording()
+    assert "No microphone was found" in chat.message_label.text()
+    assert "PulseAudio or PipeWire" in chat.message_label.text()
+    assert not chat.recorder_bar.isVisible() and chat.composer.toPlainText() == "my draft"
 
 
 def test_bad_input_is_explained_and_nothing_is_sent(
