@@ -64,8 +64,18 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-#: One in-process lock per lock file (see :class:`FileLock`).
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
+class _Held:
+    """This process's hold on one lock file: a re-entrant thread lock, and the ``flock``
+    taken by the outermost ``with`` of the thread that holds it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+
+#: This process's hold per lock file (see :class:`FileLock`).
+_HELD: dict[str, _Held] = {}
 _GUARD = threading.Lock()
 
 
@@ -76,33 +86,38 @@ class FileLock:
     belong to the open file, so two threads of one process would not exclude
     each other), then ``flock(LOCK_EX)`` on ``path``, which is created if
     needed and never deleted (deleting it would let two processes lock two
-    different files).
+    different files). Re-entrant: a thread that holds it may take it again (a
+    locked update whose read moves a broken file aside).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         key = str(path.resolve()) if path.parent.exists() else str(path)
         with _GUARD:
-            self._thread_lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
-        self._fd: int | None = None
+            self._held = _HELD.setdefault(key, _Held())
 
     def __enter__(self) -> FileLock:
-        self._thread_lock.acquire()
+        held = self._held
+        held.lock.acquire()
+        if held.depth:
+            held.depth += 1
+            return self
+        fd: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 import fcntl
 
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             except ImportError:  # Windows: the thread lock is all there is
                 pass
         except BaseException:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            self._thread_lock.release()
+            if fd is not None:
+                os.close(fd)
+            held.lock.release()
             raise
+        held.fd, held.depth = fd, 1
         return self
 
     def __exit__(
@@ -111,9 +126,11 @@ class FileLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        fd, self._fd = self._fd, None
+        held = self._held
+        held.depth -= 1
         try:
-            if fd is not None:
+            if not held.depth and held.fd is not None:
+                fd, held.fd = held.fd, None
                 os.close(fd)  # closing releases the flock
         finally:
-            self._thread_lock.release()
+            held.lock.release()

@@ -178,6 +178,27 @@ def test_corrupt_settings_file_is_moved_aside_reported_and_env_still_applies(
     assert len(list(tmp_path.glob("settings.json.broken-*"))) == 1
 
 
+def test_an_update_over_a_corrupt_settings_file_moves_it_aside_and_saves(
+    tmp_path: Path,
+) -> None:
+    """The update's locked read moves the broken file aside under the same lock."""
+    import threading
+
+    store = _store(tmp_path)
+    store.path.write_text("{not json")
+    done: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: done.append(store.update(gpu_memory_utilization=0.6)))
+    worker.daemon = True  # a deadlock must fail the test, not hang the run
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "update() deadlocked on a corrupt settings.json"
+    assert done == [{"gpu_memory_utilization": 0.6}]
+    assert json.loads(store.path.read_text()) == {"gpu_memory_utilization": 0.6}
+    kept = list(tmp_path.glob("settings.json.broken-*"))
+    assert len(kept) == 1 and kept[0].read_text() == "{not json"
+    assert store.problem is not None and kept[0].name in store.problem.message
+
+
 def test_unreadable_settings_file_raises_only_on_the_command_line(tmp_path: Path) -> None:
     store = _store(tmp_path, {"model_id": "google/gemma-4-E2B-it"})
     store.path.chmod(0)
