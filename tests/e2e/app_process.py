@@ -22,6 +22,8 @@ from typing import Any
 
 import psutil
 
+from tests.fixtures.display import window_tree
+
 REPO = Path(__file__).resolve().parents[2]
 _KEYBOARD = threading.Lock()
 
@@ -147,14 +149,7 @@ class AppRun:
     # --- what it shows and writes ------------------------------------------------------------
 
     def windows(self) -> str:
-        return subprocess.run(
-            ["xwininfo", "-root", "-tree"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout
+        return window_tree(self.env)
 
     def wait_window(self, title: str, timeout: float = 90.0) -> None:
         wait_until(

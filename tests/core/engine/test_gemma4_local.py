@@ -26,6 +26,7 @@ from gemma_desktop.core.engine.protocol import (
     UnsupportedInputError,
 )
 from gemma_desktop.core.engine.vllm_local import VllmEngine, VllmStreamEnd
+from tests.fixtures.engine import collect_stream
 from tests.fixtures.gemma4 import (
     INSTRUCT_ID,
     QUESTION,
@@ -44,12 +45,7 @@ GREEDY16 = SamplingOptions(temperature=0.0, max_tokens=16)
 async def collect(
     engine: Any, messages: Sequence[ChatMessage], options: SamplingOptions = GREEDY16
 ) -> tuple[list[StreamItem], VllmStreamEnd]:
-    items: list[StreamItem] = []
-    async for item in engine.chat(messages, options):
-        items.append(item)
-    end = items.pop()
-    assert isinstance(end, VllmStreamEnd), "every stream ends with StreamEnd"
-    return items, end
+    return await collect_stream(engine.chat(messages, options), VllmStreamEnd)
 
 
 # --- the tests -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from gemma_desktop.core.engine.protocol import (
     TextDelta,
 )
 from gemma_desktop.core.engine.vllm_local import VllmEngine
+from tests.fixtures.engine import collect_stream
 
 pytestmark = pytest.mark.engine
 
@@ -43,15 +44,9 @@ async def collect(
     options: SamplingOptions = GREEDY,
     request_id: str | None = None,
 ) -> tuple[list[TextDelta], StreamEnd]:
-    deltas: list[TextDelta] = []
-    end: StreamEnd | None = None
-    async for item in engine.chat([ChatMessage("user", text)], options, request_id):
-        if isinstance(item, TextDelta):
-            assert end is None
-            deltas.append(item)
-        else:
-            end = item
-    assert end is not None, "every stream ends with StreamEnd"
+    stream = engine.chat([ChatMessage("user", text)], options, request_id)
+    deltas, end = await collect_stream(stream, StreamEnd)
+    assert all(isinstance(item, TextDelta) for item in deltas)
     return deltas, end
 
 

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QMimeData, Qt, QUrl
 from PySide6.QtGui import QGuiApplication, QImage
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
 
 from gemma_desktop.core.audio_capture import AudioDevices, Recording
 from gemma_desktop.core.chat.history import AsyncHistory, HistoryStore
@@ -31,6 +31,7 @@ from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.tasks import spawn
 from tests.fixtures.gemma4 import INSTRUCT_ID, QUESTION
 from tests.fixtures.pulse import PulseServer, best_correlation, reference_16k, rescan_portaudio
+from tests.fixtures.qt import click, wait_for_question
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("fail_keyring")]
 
@@ -363,7 +364,7 @@ def test_history_keeps_the_attachments(
     assert panel.select(cid)
     task = spawn(panel.delete_selected(), "History")
     box = wait_for_question(qtbot)
-    next(b for b in box.buttons() if b.text() == "Delete").click()
+    click(box, "Delete")
     qtbot.waitUntil(task.done, timeout=10_000)
     assert task.result() is True
     assert chat.conversation == []  # the chat let go of it
@@ -444,18 +445,3 @@ def close(history: AsyncHistory, chat: ChatPanel, arun: Any) -> None:
     if chat.recorder is not None:
         arun(chat.recorder.idle(), timeout=30)
     history.close()
-
-
-def wait_for_question(qtbot: Any) -> QMessageBox:
-    found: list[QMessageBox] = []
-
-    def shown() -> bool:
-        found[:] = [
-            w
-            for w in QApplication.topLevelWidgets()
-            if isinstance(w, QMessageBox) and w.objectName() == "question" and w.isVisible()
-        ]
-        return bool(found)
-
-    qtbot.waitUntil(shown, timeout=5000)
-    return found[0]

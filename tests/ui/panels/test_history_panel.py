@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtWidgets import QApplication, QMessageBox
 
 from gemma_desktop.core.chat.history import AsyncHistory, HistoryStore, default_path
 from gemma_desktop.core.engine.protocol import ChatMessage, EngineState
@@ -20,6 +19,7 @@ from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.main_window import PAGE_HISTORY
 from gemma_desktop.ui.panels.history_panel import HistoryPanel
 from gemma_desktop.ui.tasks import spawn
+from tests.fixtures.qt import click, wait_for_question
 
 
 @pytest.fixture
@@ -348,26 +348,3 @@ def test_real_answer_is_recorded(
     assert messages[1].content == panel.conversation[-1].content
     assert messages[1].status == "complete" and messages[1].stats["completion_tokens"] > 0
     assert shared_engine.status.state is EngineState.READY
-
-
-def wait_for_question(qtbot: Any) -> QMessageBox:
-    found: list[QMessageBox] = []
-
-    def shown() -> bool:
-        found[:] = [
-            w
-            for w in QApplication.topLevelWidgets()
-            if isinstance(w, QMessageBox) and w.objectName() == "question" and w.isVisible()
-        ]
-        return bool(found)
-
-    qtbot.waitUntil(shown, timeout=5000)
-    return found[0]
-
-
-def click(box: QMessageBox, text: str) -> None:
-    for button in box.buttons():
-        if button.text() == text:
-            button.click()
-            return
-    raise AssertionError(f"no {text!r} button in {[b.text() for b in box.buttons()]}")

@@ -238,11 +238,9 @@ class VllmServer:
         return total
 
 
-@pytest.fixture(scope="session")
-def vllm_server_session(
-    bundled_model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
-    server = VllmServer(bundled_model_path, tmp_path_factory.mktemp("vllm-serve"))
+@contextlib.contextmanager
+def serving(server: VllmServer) -> Iterator[VllmServer]:
+    """``server`` started; stopped afterwards, failing if it left processes behind."""
     server.start()
     try:
         yield server
@@ -250,6 +248,15 @@ def vllm_server_session(
         server.stop()
         left = server.leftovers()
         assert not left, f"vllm serve left processes behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def vllm_server_session(
+    bundled_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    server = VllmServer(bundled_model_path, tmp_path_factory.mktemp("vllm-serve"))
+    with serving(server):
+        yield server
 
 
 #: The Gemma 4 server's served name: not a catalog id, so the remote engine has to
@@ -269,13 +276,8 @@ def gemma4_server(
         served_name=GEMMA4_SERVED_NAME,
         extra_args=("--reasoning-parser", "gemma4"),
     )
-    server.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.stop()
-        left = server.leftovers()
-        assert not left, f"vllm serve left processes behind: {left}"
 
 
 @pytest.fixture

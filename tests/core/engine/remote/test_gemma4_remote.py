@@ -21,6 +21,7 @@ from gemma_desktop.core.engine.protocol import (
 )
 from gemma_desktop.core.engine.remote import RemoteEngine, RemoteModel, remote_abilities
 from tests.core.engine.remote.conftest import GEMMA4_SERVED_NAME, VllmServer
+from tests.fixtures.engine import collect_stream
 from tests.fixtures.gemma4 import TransformersGemma4, gemma4_message
 
 pytestmark = pytest.mark.engine
@@ -32,10 +33,7 @@ GREEDY16 = SamplingOptions(temperature=0.0, max_tokens=16)
 async def collect(
     engine: RemoteEngine, messages: Sequence[ChatMessage], options: SamplingOptions = GREEDY16
 ) -> tuple[list[StreamItem], StreamEnd]:
-    items = [item async for item in engine.chat(messages, options)]
-    end = items.pop()
-    assert isinstance(end, StreamEnd)
-    return items, end
+    return await collect_stream(engine.chat(messages, options), StreamEnd)
 
 
 @pytest.fixture

@@ -46,6 +46,17 @@ def client_for(server: LocalApiServer, key: str | None = None) -> openai.AsyncOp
     )
 
 
+async def story(client: openai.AsyncOpenAI, max_tokens: int) -> Any:
+    """A greedy streamed chat completion of "Once upon a time,"."""
+    return await client.chat.completions.create(
+        model=DEPLOYMENT,
+        messages=[{"role": "user", "content": "Once upon a time,"}],
+        temperature=0,
+        max_tokens=max_tokens,
+        stream=True,
+    )
+
+
 @pytest.mark.engine
 def test_openai_client_streams_chat_and_completions(
     endpoint: LocalApiServer, shared_engine: Any, arun: Arun
@@ -57,13 +68,7 @@ def test_openai_client_streams_chat_and_completions(
     async def scenario() -> tuple[list[str], list[str], str, str | None]:
         async with client_for(endpoint) as client:
             models = [m.id async for m in client.models.list()]
-            stream = await client.chat.completions.create(
-                model=DEPLOYMENT,
-                messages=[{"role": "user", "content": "Once upon a time,"}],
-                temperature=0,
-                max_tokens=16,
-                stream=True,
-            )
+            stream = await story(client, 16)
             pieces = [
                 chunk.choices[0].delta.content or ""
                 async for chunk in stream
@@ -89,13 +94,7 @@ def test_closing_a_stream_aborts_it_in_the_engine(endpoint: LocalApiServer, arun
 
     async def scenario() -> int:
         async with client_for(endpoint) as client:
-            stream = await client.chat.completions.create(
-                model=DEPLOYMENT,
-                messages=[{"role": "user", "content": "Once upon a time,"}],
-                temperature=0,
-                max_tokens=1500,
-                stream=True,
-            )
+            stream = await story(client, 1500)
             seen = 0
             three = asyncio.Event()
 
@@ -303,13 +302,7 @@ def test_stopping_mid_stream_ends_it_and_frees_the_engine(shared_engine: Any, ar
         seen = 0
         broke = False
         async with client_for(server) as client:
-            stream = await client.chat.completions.create(
-                model=DEPLOYMENT,
-                messages=[{"role": "user", "content": "Once upon a time,"}],
-                temperature=0,
-                max_tokens=1500,
-                stream=True,
-            )
+            stream = await story(client, 1500)
             try:
                 async for _chunk in stream:
                     seen += 1

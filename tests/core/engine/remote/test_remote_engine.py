@@ -36,6 +36,7 @@ from gemma_desktop.core.engine.remote import (
     fetch_models,
 )
 from tests.core.engine.remote.conftest import SERVED_NAME, VllmServer, free_port
+from tests.fixtures.engine import collect_stream
 
 pytestmark = pytest.mark.engine
 
@@ -45,14 +46,8 @@ STORY = [ChatMessage("user", "Once upon a time,")]
 
 
 async def collect(stream: Any) -> tuple[list[TextDelta], StreamEnd]:
-    deltas: list[TextDelta] = []
-    end: StreamEnd | None = None
-    async for item in stream:
-        if isinstance(item, TextDelta):
-            deltas.append(item)
-        else:
-            end = item
-    assert end is not None, "every stream ends with StreamEnd"
+    deltas, end = await collect_stream(stream, StreamEnd)
+    assert all(isinstance(item, TextDelta) for item in deltas)
     return deltas, end
 
 
