@@ -41,8 +41,7 @@ _E = TypeVar("_E", bound="EngineBase")
 class ActiveRequest:
     """The bookkeeping of one streaming answer (see the module docstring)."""
 
-    def __init__(self, engine: EngineBase, request_id: str, prompt_tokens: int = 0) -> None:
-        self.engine = engine
+    def __init__(self, request_id: str, prompt_tokens: int = 0) -> None:
         self.request_id = request_id
         self.began = time.perf_counter()
         self.stats = ResponseStats(request_id=request_id, prompt_tokens=prompt_tokens)
@@ -113,7 +112,7 @@ class EngineBase:
         rid = request_id or f"chat-{uuid.uuid4().hex}"
         if rid in self._active:
             raise EngineError(f"Request id {rid} is already running.", "Use a new request id.")
-        request = ActiveRequest(self, rid, prompt_tokens)
+        request = ActiveRequest(rid, prompt_tokens)
         self._active[rid] = request
         if self._status.state == EngineState.READY:
             self._set_state(EngineState.GENERATING)

@@ -55,7 +55,8 @@ TEXT_ONLY_LIMITS: dict[str, int] = {"image": 0, "audio": 0, "video": 0}
 #: Bytes per weight of the dtypes the app passes (``auto`` is the checkpoint's own).
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
-#: Every ``AsyncEngineArgs`` name :meth:`EngineConfig.to_engine_args_kwargs` may pass.
+#: Every ``AsyncEngineArgs`` name :meth:`EngineConfig.to_engine_args_kwargs` may pass
+#: (each an :class:`EngineConfig` field of the same name).
 ENGINE_ARG_NAMES: tuple[str, ...] = (
     "model",
     "tensor_parallel_size",
@@ -186,24 +187,5 @@ class EngineConfig:
 
     def to_engine_args_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.AsyncEngineArgs``; unset (``None``) values are left out."""
-        values: dict[str, Any] = {
-            "model": self.model,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "dtype": self.dtype,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "max_model_len": self.max_model_len,
-            "download_dir": self.download_dir,
-            "enforce_eager": self.enforce_eager,
-            "enable_prefix_caching": self.enable_prefix_caching,
-            "enable_chunked_prefill": self.enable_chunked_prefill,
-            "max_num_seqs": self.max_num_seqs,
-            "block_size": self.block_size,
-            "quantization": self.quantization,
-            "limit_mm_per_prompt": self.limit_mm_per_prompt,
-            "cpu_offload_gb": self.cpu_offload_gb,
-            "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
-            "enable_sleep_mode": self.enable_sleep_mode,
-            "disable_log_stats": self.disable_log_stats,
-            "seed": self.seed,
-        }
+        values = {name: getattr(self, name) for name in ENGINE_ARG_NAMES}
         return {key: value for key, value in values.items() if value is not None}

@@ -359,21 +359,21 @@ class LocalApiServer:
         async with self._state_lock:
             if client is self._state_client:
                 return
-            from gemma_desktop.core.engine.prompt import BASE_CHAT_TEMPLATE
+            from gemma_desktop.core.engine.prompt import BASE_CHAT_TEMPLATE, has_own_template
 
             args = self._args
             args.model = str(client.model_config.model)
             tokenizer = client.get_tokenizer() if hasattr(client, "get_tokenizer") else None
             # The local engine prompts a model without a chat template with the
             # documented base format; the endpoint does the same.
-            own_template = bool(getattr(tokenizer, "chat_template", None))
+            own_template = has_own_template(tokenizer)
             args.chat_template = None if own_template else BASE_CHAT_TEMPLATE
             # A Gemma 4 chat model streams its thinking apart (``reasoning``), as
             # ``vllm serve --reasoning-parser gemma4`` does.
             model_type = getattr(getattr(client.model_config, "hf_config", None), "model_type", "")
             args.reasoning_parser = (
                 vllm_compat.GEMMA4_REASONING_PARSER
-                if own_template and model_type == "gemma4"
+                if own_template and model_type in vllm_compat.GEMMA4_MODEL_TYPES
                 else None
             )
             await vllm_compat.init_openai_state(client, self._app.state, args)

@@ -28,6 +28,7 @@ may expand to at most ``max_soft_tokens`` + 2 tokens, a clip's to its length in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,20 +103,30 @@ def render_base_prompt(
     is; a remote server's ``/v1/completions`` adds ``<bos>`` itself, so it
     passes none).
     """
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     if not messages:
         raise ValueError("a chat needs at least one message")
-    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
-        BASE_CHAT_TEMPLATE
-    )
-    text = template.render(
+    text = _base_template().render(
         messages=[{"role": m.role, "content": m.content} for m in messages],
         bos_token=bos_token,
         add_generation_prompt=True,
     )
+    return text, _base_stop(messages)
+
+
+@functools.cache
+def _base_template() -> Any:
+    """:data:`BASE_CHAT_TEMPLATE`, compiled once."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(BASE_CHAT_TEMPLATE)
+
+
+def _base_stop(messages: Sequence[ChatMessage]) -> tuple[str, ...]:
+    """The base format's stop strings: none when one user message is continued as plain
+    text, the next turn's marker once it is a conversation."""
     single = len(messages) == 1 and messages[0].role == "user"
-    return text, () if single else BASE_STOP_STRINGS
+    return () if single else BASE_STOP_STRINGS
 
 
 def has_own_template(tokenizer: Any) -> bool:
@@ -196,11 +207,10 @@ def build_prompt(
         tokenizer, messages, thinking=thinking, counts=placeholders.counts
     )
     token_ids = list(tokenizer(text, add_special_tokens=False).input_ids)
-    base_format_turns = not own_template and not (len(messages) == 1 and messages[0].role == "user")
     prompt = BuiltPrompt(
         text=text,
         token_ids=token_ids,
-        stop=BASE_STOP_STRINGS if base_format_turns else (),
+        stop=() if own_template else _base_stop(messages),
         uses_model_template=own_template,
         attachment_tokens=placeholders.extra_tokens,
         thinking=thinking and own_template,

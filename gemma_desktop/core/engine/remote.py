@@ -497,7 +497,7 @@ class RemoteEngine(EngineBase):
                 raise
             if progress is not None:
                 progress(StartProgress("Connected", 1.0))
-            self._set_state(EngineState.READY, f"Connected to {self.base_url}")
+            self._set_state(EngineState.READY, self._ready_detail())
             if self._monitor is None or self._monitor.done():
                 self._monitor = asyncio.ensure_future(self._watch())
 
@@ -557,7 +557,7 @@ class RemoteEngine(EngineBase):
                 )
             )
         elif self._status.state == EngineState.CRASHED and self._model is not None:
-            self._set_state(EngineState.READY, f"Connected to {self.base_url}")
+            self._set_state(EngineState.READY, self._ready_detail())
         return healthy
 
     async def _watch(self) -> None:

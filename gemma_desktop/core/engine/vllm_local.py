@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import importlib
 import json
@@ -45,7 +44,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 from pathlib import Path
@@ -187,24 +186,28 @@ def _import_vllm() -> None:
     # for up to 0.2 s each. They are not collected at all: once imported they
     # live as long as the app, so they are frozen (moved out of the collector's
     # sight) before it runs again; else its first pass walks them all (0.4 s).
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        for name in vllm_compat.MODULES_TO_PRELOAD:
-            importlib.import_module(name)
+        with _collector_paused():
+            for name in vllm_compat.MODULES_TO_PRELOAD:
+                importlib.import_module(name)
     except BaseException as exc:
         _import_error = exc
-    finally:
-        _resume_collector(collecting)
     import_finished_at = time.perf_counter()
 
 
-def _resume_collector(collecting: bool) -> None:
-    """After a burst of long-lived objects (vLLM's modules, an engine's tokenizer):
-    freeze them, so that no collection walks them while the window waits."""
-    gc.freeze()
-    if collecting:
-        gc.enable()
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No collection during a burst of long-lived objects (vLLM's modules, an engine's
+    tokenizer); after it they are frozen, so that no collection walks them while the
+    window waits."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
 
 
 def preload_vllm(
@@ -378,14 +381,9 @@ class VllmEngine(EngineBase):
         args = AsyncEngineArgs(**self.config.to_engine_args_kwargs())
         # The start allocates millions of small objects (the tokenizer's vocabulary):
         # a full collection in the middle holds the GIL, and the window, for 0.1-0.3 s.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            # The engine's processes inherit the chosen GPU (CUDA_VISIBLE_DEVICES) at spawn.
-            with device_environment(environment):
-                return AsyncLLMEngine.from_engine_args(args)
-        finally:
-            _resume_collector(collecting)
+        # The engine's processes inherit the chosen GPU (CUDA_VISIBLE_DEVICES) at spawn.
+        with _collector_paused(), device_environment(environment):
+            return AsyncLLMEngine.from_engine_args(args)
 
     def _check_model_present(self) -> None:
         model = self.config.model
@@ -444,10 +442,7 @@ class VllmEngine(EngineBase):
         to RAM, the KV cache is dropped). Running answers are aborted. Only where
         :attr:`abilities` says ``sleep`` (the CUDA build)."""
         if not self.abilities.sleep:
-            raise EngineError(
-                "This engine cannot free its memory and keep running.",
-                "Stop the engine instead; the next message starts it again.",
-            )
+            return await super().sleep()  # refuses
         llm = self._require_running()
         if self.is_sleeping:
             return
@@ -467,7 +462,7 @@ class VllmEngine(EngineBase):
         if not self.is_sleeping:
             return
         llm = self._require_running()
-        self._publish(EngineStatus(EngineState.STARTING, "Waking up", self.config.model_id))
+        self._set_state(EngineState.STARTING, "Waking up")
         try:
             await llm.wake_up()
         except Exception as exc:
@@ -708,20 +703,18 @@ def local_abilities(config: EngineConfig) -> EngineAbilities:
     catalog = VariantCatalog()
     if config.model_id not in catalog:
         return EngineAbilities(why_not=f"{config.model_id} is not a model the app knows.")
-    variant = dataclasses.replace(
-        catalog.get(config.model_id),
-        thinking=catalog.get(config.model_id).thinking and vllm_compat.on_supported_line(),
-    )
+    variant = catalog.get(config.model_id)
+    thinking = variant.thinking and vllm_compat.on_supported_line()
     if not variant.inputs:
         why = (
             "The bundled Gemma 3 270M reads text only."
             if variant.is_bundled
             else f"{variant.label} reads text only."
         )
-        return EngineAbilities(thinking=variant.thinking, why_not=why)
+        return EngineAbilities(thinking=thinking, why_not=why)
     if config.text_only:
         return EngineAbilities(
-            thinking=variant.thinking,
+            thinking=thinking,
             why_not=(
                 "Text-only mode is on (ATOMR_INFER_GEMMA_TEXT_ONLY): images and audio are "
                 "switched off to save memory and start faster."
@@ -730,7 +723,7 @@ def local_abilities(config: EngineConfig) -> EngineAbilities:
     return EngineAbilities(
         images="image" in variant.inputs,
         audio="audio" in variant.inputs,
-        thinking=variant.thinking,
+        thinking=thinking,
     )
 
 
