@@ -42,15 +42,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gemma_desktop.core.engine.protocol import AudioPart, ImagePart
 from gemma_desktop.core.errors import GemmaDesktopError
-from gemma_desktop.core.fsutil import FileLock, fsync_dir
+from gemma_desktop.core.fsutil import FileLock, atomic_write
+from gemma_desktop.core.media import MAX_CLIP_S
 
 if TYPE_CHECKING:
     import numpy as np
 
 Kind = Literal["image", "audio"]
 
-#: Gemma 4 hears at most this much of one clip (a recording stops there).
-MAX_CLIP_SECONDS = 30.0
 #: Temporary files older than this are left-overs of a crash (swept on open).
 STALE_TEMP_S = 3600.0
 #: Unreferenced files older than this are left-overs too (a draft never sent, a crash
@@ -208,18 +207,7 @@ class AttachmentStore:
             with contextlib.suppress(OSError):
                 os.utime(target)
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        atomic_write(target, data)
 
     def is_complete(self, attachment: StoredAttachment) -> bool:
         """The file is where its name says, with its full size."""
@@ -256,17 +244,6 @@ class AttachmentStore:
                 path.unlink()
                 removed = True
         return removed
-
-    def files(self) -> Iterator[tuple[str, Path]]:
-        """Every stored file, as ``(sha256, path)``."""
-        if not self.objects.is_dir():
-            return
-        for folder in self.objects.iterdir():
-            if not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                if not path.name.startswith("."):
-                    yield path.name.split(".", 1)[0], path
 
     def sweep(self, referenced: set[str], now: float | None = None) -> int:
         """Remove crash left-overs: old temporary files and old files nothing refers to.
@@ -397,10 +374,10 @@ def _prepare_audio(source: Path, name: str) -> PreparedFile:
     duration = len(samples) / media.AUDIO_SAMPLE_RATE
     mime = _audio_mime(source)
     note = ""
-    if duration > MAX_CLIP_SECONDS:
+    if duration > MAX_CLIP_S:
         clips = len(media.split_clips(samples))
         note = (
-            f"{name} is {format_duration(duration)} long; Gemma 4 hears {MAX_CLIP_SECONDS:.0f} s "
+            f"{name} is {format_duration(duration)} long; Gemma 4 hears {MAX_CLIP_S:.0f} s "
             f"at a time, so it is sent as {clips} clips."
         )
     return PreparedFile(read_source(source), "audio", mime, name, duration_s=duration, note=note)

@@ -31,6 +31,12 @@ STATUS_NOTES: dict[str, str] = {
 }
 
 
+def continues_from(message: Message) -> bool:
+    """Whether a reopened conversation continues from ``message``: every user message and
+    every answer with text (one cut off before its first token has nothing to give)."""
+    return message.role == "user" or (message.role == "assistant" and bool(message.content.strip()))
+
+
 @dataclass(frozen=True)
 class TakenMessage:
     """A user message taken back into the composer: where it was, its text and files."""
@@ -54,9 +60,7 @@ class ChatSession:
         (an answer cut off before its first token has nothing to continue from). User
         messages keep their attachments (they are sent again); answers never carry their
         thinking."""
-        kept = [
-            m for m in stored if m.role == "user" or (m.role == "assistant" and m.content.strip())
-        ]
+        kept = [m for m in stored if continues_from(m)]
         session = cls()
         for m in kept:
             if m.role == "user":

@@ -495,9 +495,7 @@ class HistoryStore:
         """Remove attachment files a crash left behind (old temporary files, old files no
         message refers to); returns how many."""
         with self.attachments.lock():
-            with self._read() as conn:
-                referenced = _shas(conn, "SELECT DISTINCT sha256 FROM attachments", ())
-            return self.attachments.sweep(referenced)
+            return self.attachments.sweep(self.referenced_shas())
 
     # -- messages ---------------------------------------------------------------------
 
@@ -889,6 +887,7 @@ class AnswerWriter:
         self._parts: list[str] = []
         self._thinking: list[str] = []
         self._lock = threading.Lock()
+        self._len = 0  # characters appended, answer and thinking
         self._written_len = 0
         self._last_flush = time.monotonic()
         self.finished = False
@@ -906,17 +905,17 @@ class AnswerWriter:
     def append(self, text: str) -> None:
         with self._lock:
             self._parts.append(text)
+            self._len += len(text)
 
     def append_thinking(self, text: str) -> None:
         with self._lock:
             self._thinking.append(text)
-
-    def _length(self) -> int:
-        with self._lock:
-            return sum(len(p) for p in self._parts) + sum(len(p) for p in self._thinking)
+            self._len += len(text)
 
     def flush_due(self) -> bool:
-        pending = self._length() != self._written_len
+        """Whether text is waiting and the last write is an interval old (cheap: ask it
+        per token)."""
+        pending = self._len != self._written_len
         return pending and time.monotonic() - self._last_flush >= self.flush_interval_s
 
     def flush(self) -> None:

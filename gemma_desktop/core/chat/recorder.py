@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_desktop.core.chat.attachments import StoredAttachment
+from gemma_desktop.core.chat.conversation import continues_from
 from gemma_desktop.core.chat.history import (
     AnswerWriter,
     AsyncHistory,
@@ -53,11 +53,12 @@ class _Answer:
 
     record: _Record
     refs: list[_Ref]
+    #: Text and thinking that came before the writer existed.
     parts: list[str] = field(default_factory=list)
     thinking: list[str] = field(default_factory=list)
+    has_text: bool = False
     writer: AnswerWriter | None = None
     flushing: bool = False
-    last_check: float = 0.0
 
 
 class ConversationRecorder:
@@ -165,7 +166,7 @@ class ConversationRecorder:
 
     def begin_answer(self, *, model_id: str | None) -> None:
         """An answer starts streaming: it is written as ``streaming`` right away."""
-        answer = _Answer(self._record, self._refs, last_check=time.monotonic())
+        answer = _Answer(self._record, self._refs)
         self._answer = answer
         store = self.history.store
 
@@ -177,6 +178,8 @@ class ConversationRecorder:
             )
             writer.append_thinking("".join(answer.thinking))
             writer.append("".join(answer.parts))
+            answer.parts.clear()
+            answer.thinking.clear()
             answer.writer = writer
 
         self._queue(op)
@@ -186,9 +189,11 @@ class ConversationRecorder:
         answer = self._answer
         if answer is None:
             return
-        answer.parts.append(text)
+        answer.has_text = answer.has_text or bool(text)
         if answer.writer is not None:
             answer.writer.append(text)
+        else:
+            answer.parts.append(text)  # handed to the writer once it exists
         self._maybe_flush(answer)
 
     def append_thinking(self, text: str) -> None:
@@ -196,21 +201,17 @@ class ConversationRecorder:
         answer = self._answer
         if answer is None:
             return
-        answer.thinking.append(text)
         if answer.writer is not None:
             answer.writer.append_thinking(text)
+        else:
+            answer.thinking.append(text)
         self._maybe_flush(answer)
 
     def _maybe_flush(self, answer: _Answer) -> None:
         writer = answer.writer
         if writer is None:
             return
-        now = time.monotonic()
-        # flush_due() adds up the buffered text: ask it once per interval, not per token.
-        if answer.flushing or now - answer.last_check < writer.flush_interval_s:
-            return
-        answer.last_check = now
-        if writer.flush_due():
+        if not answer.flushing and writer.flush_due():
             answer.flushing = True
 
             async def op() -> None:
@@ -227,7 +228,7 @@ class ConversationRecorder:
         answer, self._answer = self._answer, None
         if answer is None:
             return
-        keep = bool("".join(answer.parts))
+        keep = answer.has_text
         ref = _Ref()
         if keep:
             answer.refs.append(ref)
@@ -292,11 +293,8 @@ class ConversationRecorder:
         await self.idle()
         store = self.history.store
         conversation = await self.history.call(store.conversation, conversation_id)
-        messages = [
-            m
-            for m in await self.history.call(store.messages, conversation_id)
-            if m.role == "user" or (m.role == "assistant" and m.content.strip())
-        ]
+        stored = await self.history.call(store.messages, conversation_id)
+        messages = [m for m in stored if continues_from(m)]
         self._record = _Record(conversation.id, conversation.system_prompt)
         self._refs = [_Ref(m.id) for m in messages]
         return conversation, messages

@@ -26,6 +26,11 @@ def image_in(source: QMimeData) -> QImage | None:
     return image if image is not None and not image.isNull() else None
 
 
+def carries_attachment(source: QMimeData) -> bool:
+    """Whether a clipboard or a drop carries files or a picture (attachments, not text)."""
+    return bool(files_in(source)) or image_in(source) is not None
+
+
 class Composer(QPlainTextEdit):
     """The message field: Enter sends, Shift+Enter adds a line, Escape stops.
 
@@ -53,6 +58,8 @@ class Composer(QPlainTextEdit):
         )
         self.setTabChangesFocus(True)
         self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        #: Whether the drag over the box carries an attachment (decided once, on entering).
+        self._dragging_attachment = False
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
@@ -70,11 +77,7 @@ class Composer(QPlainTextEdit):
         super().keyPressEvent(event)
 
     def canInsertFromMimeData(self, source: QMimeData) -> bool:
-        return (
-            bool(files_in(source))
-            or image_in(source) is not None
-            or super().canInsertFromMimeData(source)
-        )
+        return carries_attachment(source) or super().canInsertFromMimeData(source)
 
     def insertFromMimeData(self, source: QMimeData) -> None:
         # Files and pictures become attachments; text is pasted as plain text in one edit
@@ -94,21 +97,23 @@ class Composer(QPlainTextEdit):
 
     # A drop of files or a picture is taken whole (QPlainTextEdit would paste a path).
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if files_in(event.mimeData()) or image_in(event.mimeData()) is not None:
+        self._dragging_attachment = carries_attachment(event.mimeData())
+        if self._dragging_attachment:
             event.acceptProposedAction()
             return
         super().dragEnterEvent(event)
 
     def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        if files_in(event.mimeData()) or image_in(event.mimeData()) is not None:
+        # The drag's data do not change while it moves: no decoding per mouse move.
+        if self._dragging_attachment:
             event.acceptProposedAction()
             return
         super().dragMoveEvent(event)
 
     def dropEvent(self, event: QDropEvent) -> None:
-        source = event.mimeData()
-        if files_in(source) or image_in(source) is not None:
-            self.insertFromMimeData(source)
+        if self._dragging_attachment:  # (a drop ends the drag that entered)
+            self._dragging_attachment = False
+            self.insertFromMimeData(event.mimeData())
             event.acceptProposedAction()
             return
         super().dropEvent(event)

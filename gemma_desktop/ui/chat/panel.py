@@ -67,7 +67,6 @@ from PySide6.QtWidgets import (
 
 from gemma_desktop.core.audio_capture import AudioDevices
 from gemma_desktop.core.chat.attachments import (
-    MAX_CLIP_SECONDS,
     AttachmentError,
     AttachmentStore,
     PreparedFile,
@@ -94,6 +93,7 @@ from gemma_desktop.core.engine.protocol import (
     UnsupportedInputError,
 )
 from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.media import MAX_CLIP_S
 from gemma_desktop.ui import theme
 from gemma_desktop.ui.chat.attachments import (
     CHIP_THUMB,
@@ -101,7 +101,7 @@ from gemma_desktop.ui.chat.attachments import (
     ImageViewer,
     load_thumbnail,
 )
-from gemma_desktop.ui.chat.composer import Composer, files_in, image_in
+from gemma_desktop.ui.chat.composer import Composer, carries_attachment, files_in, image_in
 from gemma_desktop.ui.chat.recorder import RecorderBar
 from gemma_desktop.ui.chat.transcript import TranscriptView
 from gemma_desktop.ui.engine_host import EngineHost
@@ -217,7 +217,7 @@ class ChatPanel(QWidget):
         self.file_dialog: QFileDialog | None = None
         self.viewer: ImageViewer | None = None
         #: How long a recording may be (Gemma 4 hears 30 s of one clip).
-        self.recording_limit_s = MAX_CLIP_SECONDS
+        self.recording_limit_s = MAX_CLIP_S
         self._thinking_began: float | None = None
         self._thinking_s: float | None = None
         self.session = ChatSession()
@@ -499,7 +499,7 @@ class ChatPanel(QWidget):
             record_tip = "Recording is not available in this window."
         else:
             record_tip = (
-                f"Record a question from the microphone (up to {MAX_CLIP_SECONDS:.0f} s, "
+                f"Record a question from the microphone (up to {MAX_CLIP_S:.0f} s, "
                 "Gemma 4's limit for one clip)"
             )
         can_record = (
@@ -543,14 +543,15 @@ class ChatPanel(QWidget):
             self.composer.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if files_in(event.mimeData()) or image_in(event.mimeData()) is not None:
+        if carries_attachment(event.mimeData()):
             event.acceptProposedAction()
         else:
             super().dragEnterEvent(event)
 
     def dropEvent(self, event: QDropEvent) -> None:
         source = event.mimeData()
-        files, image = files_in(source), image_in(source)
+        files = files_in(source)
+        image = None if files else image_in(source)
         if files:
             self.attach_files(files)
         elif image is not None:
@@ -808,10 +809,9 @@ class ChatPanel(QWidget):
             self.show_message(refusal + " Remove the attachment to send the text alone.")
             return
         self.composer.clear()
-        self._hold_for_session(files)
         self.tray.take_all()
         if self.attachment_store is not None:
-            self.attachment_store.release(files)  # the session holds them now
+            self._held.extend(files)  # the draft's holds pass to the session
         self.session.add_user(text, files)
         self.transcript.add_user_message(text, files)
         if self.recorder is not None:

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from gemma_desktop.core.audio_capture import AudioDevices, MicrophoneError, Recording
 from gemma_desktop.core.chat.attachments import format_duration
+from gemma_desktop.core.media import MAX_CLIP_S
 from gemma_desktop.ui import theme
 
 #: How often the recording is polled (the level meter's refresh).
@@ -53,7 +54,7 @@ class RecorderBar(QFrame):
         self.setProperty("role", "recording")
         self.setAccessibleName("Recording")
         self._recording: Recording | None = None
-        self.limit_s = 30.0
+        self.limit_s = MAX_CLIP_S
         c = theme.colors()
         self.setStyleSheet(
             f"QFrame#recorderBar {{ background: {c.base}; border: 1px solid {c.error};"
@@ -63,7 +64,7 @@ class RecorderBar(QFrame):
         self.dot = QLabel()
         self.dot.setPixmap(theme.icon("record").pixmap(16, 16))
         self.title = QLabel("<b>Recording</b>")
-        self.time_label = QLabel("0:00 / 0:30")
+        self.time_label = QLabel(f"0:00 / {format_duration(MAX_CLIP_S)}")
         self.time_label.setObjectName("recordingTime")
         self.time_label.setAccessibleName("Recording time")
         self.level = QProgressBar()

@@ -172,6 +172,50 @@ def test_pasted_sound_file_reaches_the_model_with_its_soft_tokens(
     assert "▶ Play" in chat.transcript.toPlainText()
 
 
+def drag_and_drop(widget: Any, data: QMimeData) -> None:
+    """Drag ``data`` over ``widget`` and drop it, as a file manager or a browser does."""
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent
+
+    at = widget.rect().center()
+    copy, left, none = (
+        Qt.DropAction.CopyAction,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    enter = QDragEnterEvent(at, copy, data, left, none)
+    QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted(), "the drag was refused"
+    move = QDragMoveEvent(at, copy, data, left, none)
+    move.accept()  # as Qt does once the enter was accepted (QGuiApplicationPrivate::processDrag)
+    QApplication.sendEvent(widget, move)
+    assert move.isAccepted()
+    dropped = QDropEvent(QPointF(at), copy, data, left, none)
+    QApplication.sendEvent(widget, dropped)
+    assert dropped.isAccepted()
+
+
+def test_files_and_pictures_dropped_on_the_chat_are_attached(
+    window: Any, qtbot: Any, gemma4_media: dict[str, Path]
+) -> None:
+    chat = window.window.chat
+    chat.composer.setPlainText("my draft")
+    files = QMimeData()
+    files.setUrls([QUrl.fromLocalFile(str(gemma4_media["audio"]))])
+    drag_and_drop(chat.composer.viewport(), files)  # where a drop on the box lands
+    qtbot.waitUntil(lambda: len(chat.draft_attachments) == 1, timeout=20_000)
+    assert chat.draft_attachments[0].kind == "audio"
+    picture = QMimeData()
+    picture.setImageData(QImage(str(gemma4_media["image"])))
+    drag_and_drop(chat, picture)  # anywhere on the chat page
+    qtbot.waitUntil(lambda: len(chat.draft_attachments) == 2, timeout=20_000)
+    assert [a.kind for a in chat.draft_attachments] == ["audio", "image"]
+    assert chat.composer.toPlainText() == "my draft"  # no path pasted as text
+    for chip in list(chat.tray.chips):
+        chip.remove_button.click()
+    assert chat.draft_attachments == []
+
+
 def test_the_attach_dialog_attaches_what_is_picked(
     window: Any, qtbot: Any, gemma4_media: dict[str, Path]
 ) -> None:
