@@ -17,7 +17,7 @@ import logging
 import platform
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -158,7 +158,6 @@ def diagnostics_text(
     report_text: str | None,
     log_path: Path,
     trace: str = "",
-    extra: Iterable[str] = (),
 ) -> str:
     """Plain-text facts for a bug report; every secret is redacted."""
     from PySide6 import __version__ as pyside_version
@@ -169,7 +168,6 @@ def diagnostics_text(
         f"Python {platform.python_version()} on {platform.platform()}",
         f"Qt {qVersion()}, PySide6 {pyside_version}",
         engine_line,
-        *extra,
         f"Log file: {log_path}",
         "",
     ]

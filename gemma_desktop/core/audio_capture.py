@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemma_desktop.core.errors import GemmaDesktopError
+from gemma_desktop.core.media import AUDIO_SAMPLE_RATE, MAX_CLIP_S
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,9 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: What Gemma's audio encoder takes.
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = AUDIO_SAMPLE_RATE
 #: Gemma 4 hears at most 30 s of one clip.
-MAX_SECONDS = 30.0
+MAX_SECONDS = MAX_CLIP_S
 
 _PA_INVALID_SAMPLE_RATE = -9997
 _PA_DEVICE_UNAVAILABLE = -9985
@@ -133,7 +134,6 @@ class Recording:
         device: int | str | None = None,
         block_ms: int = 50,
         stall_timeout_s: float = 2.0,
-        device_rate: int | None = None,
     ) -> None:
         if not 0 < max_seconds <= MAX_SECONDS:
             raise ValueError(f"max_seconds must be in (0, {MAX_SECONDS}]")
@@ -141,7 +141,6 @@ class Recording:
         self.device = device
         self.block_ms = block_ms
         self.stall_timeout_s = stall_timeout_s
-        self._device_rate = device_rate  # None: ask for 16 kHz, else the device's own rate
         self._stream: Any = None
         self._queue: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         self._chunks: list[np.ndarray] = []
@@ -208,11 +207,8 @@ class Recording:
         self._result = None
         self._error = None
         self._last_callback = time.monotonic()
-        rates = (
-            [self._device_rate]
-            if self._device_rate
-            else list(dict.fromkeys([SAMPLE_RATE, int(info["default_samplerate"])]))
-        )
+        # 16 kHz if the device takes it, else its own rate (resampled afterwards).
+        rates = list(dict.fromkeys([SAMPLE_RATE, int(info["default_samplerate"])]))
         for attempt, rate in enumerate(rates):
             self._rate = rate
             self._max_frames = round(self.max_seconds * rate)
@@ -360,9 +356,6 @@ class AudioDevices:
 
     Playback plays one clip at a time; a new one stops the one before.
     """
-
-    sample_rate = SAMPLE_RATE
-    max_seconds = MAX_SECONDS
 
     def __init__(self, *, device: int | str | None = None) -> None:
         self.device = device

@@ -100,10 +100,6 @@ class RedactingFilter(logging.Filter):
     def add_secret(self, secret: str | None) -> None:
         self.redactor.add_secret(secret)
 
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        return self.redactor.secrets
-
     def redact(self, text: str) -> str:
         return self.redactor.redact(text)
 

@@ -161,8 +161,7 @@ class TokenStore:
         token = token.strip()
         if not token:
             raise GemmaDesktopError("The token is empty.", "Paste a token from your HF settings.")
-        REDACTOR.add_secret(token)
-        self._entry.set(token)
+        self._entry.set(token)  # registers it with the redactor
 
     def delete(self) -> bool:
         """Remove the token from the keyring (and the session); ``True`` if one was there."""

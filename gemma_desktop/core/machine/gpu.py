@@ -74,12 +74,6 @@ class GpuInfo:
         """Free memory in GiB (display only)."""
         return self.free_bytes / GIB
 
-    @property
-    def label(self) -> str:
-        """``GPU 1: NVIDIA GeForce RTX 4090 (24.0 GB, PCI 00000000:41:00.0)`` for the window."""
-        pci = f", PCI {self.pci_bus_id}" if self.pci_bus_id else ""
-        return f"GPU {self.index}: {self.name} ({self.total_vram_gb:.1f} GB{pci})"
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,

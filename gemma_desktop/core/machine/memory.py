@@ -521,8 +521,7 @@ def estimate(
     """
     model = figures.in_dtype(dtype_bytes) if dtype_bytes else figures
     encoders = 0 if text_only else model.encoder_bytes
-    offloadable = encoders + model.decoder_bytes
-    offload = min(offload_bytes, offloadable) if device == "cuda" else 0
+    offload = min(offload_bytes, offloadable_bytes(model, text_only)) if device == "cuda" else 0
     encoders_left = max(0, encoders - offload)
     weights = model.text_bytes - max(0, offload - encoders)
     if kv_bytes is None:

@@ -683,8 +683,9 @@ def _disk_check(variant: Variant, hub_cache: Path, cached: bool) -> Check:
     )
 
 
-def _cache_check(variant: Variant, hub_cache: Path, offline: bool) -> tuple[Check, bool]:
-    snapshot = local_model_path(variant, hub_cache)
+def _cache_check(
+    variant: Variant, snapshot: Path | None, hub_cache: Path, offline: bool
+) -> tuple[Check, bool]:
     if snapshot is not None:
         return (
             Check(
@@ -848,9 +849,10 @@ def run_probe(
     chosen = _choose(gpus, visibility)
     build, version = vllm_distribution()
     ram = available_ram_gb()
+    snapshots = {entry.id: local_model_path(entry, hub_cache) for entry in VARIANTS}
     figures = {}
     for entry in VARIANTS:
-        found = figures_for(entry, local_model_path(entry, hub_cache))
+        found = figures_for(entry, snapshots[entry.id])
         if found is not None:
             figures[entry.id] = found
     report = ProbeReport(
@@ -877,7 +879,10 @@ def run_probe(
     )
     checks.append(_python_check())
     checks.append(_vllm_check(variant, gpus, build, version))
-    cache_check, cached = _cache_check(variant, hub_cache, settings.offline)
+    snapshot = (
+        snapshots[variant.id] if variant.id in snapshots else local_model_path(variant, hub_cache)
+    )
+    cache_check, cached = _cache_check(variant, snapshot, hub_cache, settings.offline)
     checks.append(_token_check(variant, store, cached))
     checks.append(_disk_check(variant, hub_cache, cached))
     checks.append(cache_check)

@@ -253,11 +253,12 @@ def convert(target: Path) -> None:
         tokenizer.add_bos_token = True  # type: ignore[misc]  # settable; checked below
         tokenizer.chat_template = BASE_CHAT_TEMPLATE
         tokenizer.save_pretrained(str(out))
-        _check_tokenizer(out)
+        saved = _load_tokenizer(out)
+        _check_tokenizer(saved)
         _emit("Making the tokenizer quick to load", 0.9)
-        samples = _tokenize_samples(out)
+        samples = _tokenize_samples(saved)
         make_tokenizer_quick_to_load(out)
-        if _tokenize_samples(out) != samples:
+        if _tokenize_samples(_load_tokenizer(out)) != samples:
             raise RuntimeError("the rewritten tokenizer files tokenize differently")
         shutil.rmtree(gguf_dir)
 
@@ -325,10 +326,14 @@ _SAMPLES = (
 )
 
 
-def _tokenize_samples(folder: Path) -> list[Any]:
+def _load_tokenizer(folder: Path) -> Any:
+    """The tokenizer as saved in ``folder`` (a fresh load from its files)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _tokenize_samples(tokenizer: Any) -> list[Any]:
     out: list[Any] = [len(tokenizer), tokenizer.all_special_ids]
     for text in _SAMPLES:
         ids = tokenizer(text).input_ids
@@ -336,11 +341,8 @@ def _tokenize_samples(folder: Path) -> list[Any]:
     return out
 
 
-def _check_tokenizer(folder: Path) -> None:
-    """Reload the saved tokenizer and check it adds ``<bos>`` and has the template."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+def _check_tokenizer(tokenizer: Any) -> None:
+    """Check that the reloaded tokenizer adds ``<bos>`` and has the template."""
     ids = tokenizer("x").input_ids
     if not ids or ids[0] != BOS_TOKEN_ID:
         raise RuntimeError(f"converted tokenizer does not add <bos>: {ids[:4]}")

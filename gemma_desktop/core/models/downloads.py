@@ -73,7 +73,7 @@ from gemma_desktop.core.models.download_errors import (
 from gemma_desktop.core.models.hub_cache import (
     REVISION,
     local_model_path,
-    repo_folder,
+    repo_cache_dir,
     write_ref,
 )
 
@@ -603,7 +603,7 @@ class DownloadManager:
                 key=lambda f: (f.lfs_sha256 is not None, f.path),
             )
         )
-        storage = cache / repo_folder(variant.id)
+        storage = repo_cache_dir(variant.id, cache)
         snapshot = storage / "snapshots" / commit
         cached = frozenset(f.path for f in files if _present(snapshot / f.path, f.size))
         self._remove_stale_partials(storage, files)
@@ -674,7 +674,7 @@ class DownloadManager:
             return DownloadResult(variant.id, cached, cached.name, offline=True)
         self.check_space(plan)
         run = _Run(plan, cancel, on_progress)
-        storage = plan.cache_dir / repo_folder(plan.repo_id)
+        storage = repo_cache_dir(plan.repo_id, plan.cache_dir)
         snapshot = storage / "snapshots" / plan.commit
         verified = _VerifiedBlobs(paths.state_dir() / "downloads" / "verified-blobs.json")
         fetched: list[str] = []

@@ -37,6 +37,7 @@ def repo_folder(repo_id: str) -> str:
 
 
 def repo_cache_dir(repo_id: str, hub_cache: Path | None = None) -> Path:
+    """The repo's folder in the Hub cache (``hub_cache``, else the user's)."""
     return (hub_cache or paths.hf_hub_cache()) / repo_folder(repo_id)
 
 
@@ -70,9 +71,11 @@ def _looks_complete(snapshot: Path) -> bool:
     return any(snapshot.glob("*.safetensors"))
 
 
-def _matches_listing(repo_id: str, commit: str, snapshot: Path, hub_cache: Path) -> bool | None:
+def _matches_listing(
+    repo_id: str, commit: str, snapshot: Path, storage: Path, hub_cache: Path
+) -> bool | None:
     """Whether every file of the cached listing is there with its size; ``None`` without one."""
-    if not (hub_cache / repo_folder(repo_id) / "trees" / f"{commit}.json").is_file():
+    if not (storage / "trees" / f"{commit}.json").is_file():
         return None
     from huggingface_hub import get_cached_repo_tree
     from huggingface_hub.errors import CachedRepoTreeNotFoundError
@@ -93,14 +96,14 @@ def _matches_listing(repo_id: str, commit: str, snapshot: Path, hub_cache: Path)
 def complete_snapshot(repo_id: str, hub_cache: Path | None = None) -> Path | None:
     """The complete snapshot ``refs/main`` points to, or ``None`` (see the module docstring)."""
     cache = hub_cache or paths.hf_hub_cache()
-    storage = cache / repo_folder(repo_id)
+    storage = repo_cache_dir(repo_id, cache)
     commit = read_ref(storage)
     if commit is None:
         return None
     snapshot = storage / "snapshots" / commit
     if not snapshot.is_dir():
         return None
-    listing = _matches_listing(repo_id, commit, snapshot, cache)
+    listing = _matches_listing(repo_id, commit, snapshot, storage, cache)
     complete = _looks_complete(snapshot) if listing is None else listing
     return snapshot if complete else None
 
