@@ -197,7 +197,7 @@ class GemmaDesktopApp:
         self.window.picker.set_selected(settings.model_id.value)
         if self.host.status.state.value == "not started":
             self.host.set_variant(settings.model_id.value)
-        await self.state.refresh()
+        await self.state.refresh(reload_settings=False)  # just reloaded
 
     # --- diagnostics ----------------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ class GemmaDesktopApp:
 
     async def _close_history(self) -> None:
         if self.history is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.history.close)
+            await run_blocking(self.history.close)
 
     def close(self) -> None:
         """Detach logging and the crash handler (after the loop has ended)."""

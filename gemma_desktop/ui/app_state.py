@@ -7,7 +7,6 @@ The probe runs off the UI thread (it reads NVML, the keyring and the disk);
 only its finished report reaches the widgets, through :attr:`report_changed`.
 
 Signals:
-    settings_changed(Settings): the settings were reloaded (after a change).
     report_changed(ProbeReport): a probe run finished.
     probing_changed(bool): a probe run started (``True``) or ended (``False``).
     probe_failed(str): the probe itself broke (a bug: the crash handler has it too).
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 class AppState(QObject):
     """Settings and probe report of this run (see the module docstring)."""
 
-    settings_changed = Signal(object)
     report_changed = Signal(object)
     probing_changed = Signal(bool)
     probe_failed = Signal(str)
@@ -79,7 +77,6 @@ class AppState(QObject):
         self._settings = await run_blocking(
             lambda: load_settings(self.env, self.store, strict=False)
         )
-        self.settings_changed.emit(self._settings)
         return self._settings
 
     async def update_settings(self, **changes: Any) -> Settings:
@@ -91,9 +88,9 @@ class AppState(QObject):
 
     async def refresh(self, *, reload_settings: bool = True) -> ProbeReport | None:
         """Run the probe (joining a run already under way); ``None`` if it broke."""
-        if self._running is not None and not self._running.done():
-            return await asyncio.shield(self._running)
-        self._running = asyncio.ensure_future(self._run(reload_settings))
+        if not self.probing:
+            self._running = asyncio.ensure_future(self._run(reload_settings))
+        assert self._running is not None
         return await asyncio.shield(self._running)
 
     async def _run(self, reload_settings: bool) -> ProbeReport | None:

@@ -273,9 +273,10 @@ class EngineHost(QObject):
 
     async def free_memory(self) -> None:
         """Free the memory the model holds without quitting (see the section comment)."""
-        engine = self._engine
-        if engine is None or not self.is_running or self.is_sleeping:
+        if not self.can_free_memory:
             return
+        engine = self._engine
+        assert engine is not None
         if engine.abilities.sleep:
             async with self._lock:
                 try:

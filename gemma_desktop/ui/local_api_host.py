@@ -89,8 +89,8 @@ class LocalApiHost(QObject):
         except GemmaDesktopError as exc:
             self.failed.emit(f"{exc.reason} {exc.hint}".strip())
         if enabled:
-            if self.local_engine() is not None and self.host.status.state == EngineState.READY:
-                await self.start()
+            if self.host.status.state == EngineState.READY:
+                await self.start()  # serves the local engine, if there is one
         else:
             await self.stop()
         self.changed.emit()

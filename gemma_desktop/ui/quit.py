@@ -44,10 +44,6 @@ class Quitter(QObject):
         """Run ``step`` when the app quits, after the steps registered before it."""
         self._steps.append((name, step))
 
-    @property
-    def quitting(self) -> bool:
-        return self._task is not None
-
     def request(self) -> asyncio.Future[None]:
         """Quit (idempotent); returns the task that runs the shutdown."""
         if self._task is None:

@@ -48,8 +48,3 @@ async def run_blocking(func: Callable[..., T], *args: Any) -> T:
     """``func(*args)`` on a worker thread; the loop (and the window) stay free."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(func, *args))
-
-
-def running() -> frozenset[asyncio.Future[Any]]:
-    """The background tasks that have not finished (for shutdown and tests)."""
-    return frozenset(_RUNNING)

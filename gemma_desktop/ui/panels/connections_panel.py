@@ -46,7 +46,7 @@ from PySide6.QtWidgets import (
 )
 
 from gemma_desktop.core.engine.local_api import LocalApiServer
-from gemma_desktop.core.engine.protocol import EngineState, EngineStatus
+from gemma_desktop.core.engine.protocol import EngineState
 from gemma_desktop.core.engine.remote import (
     ApiKeyStore,
     RemoteTarget,
@@ -253,7 +253,6 @@ class ConnectionsPanel(QWidget):
         if local_api is not None:
             local_api.changed.connect(self._update_api_controls)
             local_api.failed.connect(self.api_error.setText)
-        self.host.status_changed.connect(self._on_engine_status)
         self._update_remote_enabled()
         self._update_api_controls()
 
@@ -480,9 +479,6 @@ class ConnectionsPanel(QWidget):
         self.api_storage.setText(token.describe() if token is not None else "")
         self.show_token_button.setEnabled(token is not None)
         self.copy_token_button.setEnabled(token is not None)
-
-    def _on_engine_status(self, _status: EngineStatus) -> None:
-        self._update_api_controls()
 
     def _on_api_toggled(self, checked: bool) -> None:
         if self.local_api is not None:

@@ -11,7 +11,6 @@ Signals:
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
@@ -57,7 +56,6 @@ class DownloadPanel(QWidget):
         self._manager = manager
         self._variant_id = variant_id
         self._cancel = threading.Event()
-        self._task: asyncio.Future[None] | None = None
         self._running = False
         self.result: DownloadResult | None = None
         self.error: GemmaDesktopError | None = None
@@ -142,7 +140,7 @@ class DownloadPanel(QWidget):
         self.status_label.setText("Connecting to the Hugging Face Hub…")
         self.action_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self._task = spawn(self._download(self._cancel, self._variant_id), "The download")
+        spawn(self._download(self._cancel, self._variant_id), "The download")
 
     async def _download(self, cancel: threading.Event, variant_id: str) -> None:
         result: DownloadResult | None = None

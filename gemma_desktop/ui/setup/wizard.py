@@ -336,7 +336,8 @@ class VariantPage(WizardPage):
             )
             self.picker.tree.currentItemChanged.connect(lambda *_: self._update())
             self.layout_.addWidget(self.picker, 1)
-        self.picker.set_report(report)
+        else:
+            self.picker.populate()  # the report it follows is this one; "Downloaded" may not be
         self.picker.select(preferred)
         if not self._fits(preferred):
             self.picker.select(BUNDLED_MODEL_ID)
