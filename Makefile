@@ -23,11 +23,12 @@ TEST_DEBS := $(APP_DEBS) xvfb xauth x11-utils dbus dbus-x11 gnome-keyring libsec
 	imagemagick desktop-file-utils xdotool pulseaudio pulseaudio-utils espeak-ng sox lame opus-tools
 APP_DEB_STAMP := $(VENV)/.debs-app
 
-.PHONY: run test lint bench screenshots bundle debs clean help
+.PHONY: run test soak lint bench screenshots bundle debs clean help
 
 help:
 	@echo "make run          start Gemma Desktop (sets everything up on first use)"
 	@echo "make test         lint, type-check and run the whole test suite"
+	@echo "make soak         kill the streaming app and terminal 10 times each; print the figures"
 	@echo "make bench        print engine and chat-view figures (bench/results/*.json)"
 	@echo "make screenshots  render the windows to build/screenshots/*.png under Xvfb"
 	@echo "make clean        remove the virtual environment and build output"
@@ -37,6 +38,13 @@ run: $(STAMP) $(APP_DEB_STAMP)
 
 test: $(STAMP) $(DEB_STAMP) lint
 	$(BIN)/python -m pytest
+
+# The kill loops of `make test` (3 kills each for the window and the terminal), 10 times
+# each; prints launch-to-ready and kill-to-no-engine figures (bench/results/soak.json).
+SOAK_KILLS ?= 10
+soak: $(STAMP) $(DEB_STAMP)
+	GEMMA_DESKTOP_TEST_KILLS=$(SOAK_KILLS) $(BIN)/python -m pytest -s -q -o timeout=3600 \
+		tests/e2e/test_reliability.py -k sigkill
 
 lint: $(STAMP)
 	$(BIN)/ruff check gemma_desktop tests bench tools packaging

@@ -32,6 +32,21 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def processes_of(pids: list[int]) -> dict[str, list[int]]:
+    """Of ``pids``: those still running (holding memory), and those that ended but that
+    the app has not collected (zombies: in the process table for as long as the app runs)."""
+    import psutil
+
+    alive, zombies = [], []
+    for pid in pids:
+        try:
+            zombie = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            continue
+        (zombies if zombie else alive).append(pid)
+    return {"alive": alive, "zombies": zombies}
+
+
 def main() -> int:
     import psutil
 
@@ -144,7 +159,7 @@ def main() -> int:
                 "freed",
                 state=host.status.state.value,
                 detail=host.status.detail,
-                alive=[p for p in first if psutil.pid_exists(p)],
+                **processes_of(first),
                 free_text=tray.free_action.text(),
                 free_enabled=tray.free_action.isEnabled(),
                 menu_free_visible=window.free_memory_action.isVisible(),
@@ -171,7 +186,7 @@ def main() -> int:
                 pids=pids,
                 first_pids=first,
             )
-            emit("quitting", alive=[p for p in pids if psutil.pid_exists(p)])
+            emit("quitting", **processes_of(pids))
             tray.quit_action.trigger()
         except Exception as exc:
             failure.append(repr(exc))

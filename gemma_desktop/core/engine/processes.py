@@ -205,6 +205,84 @@ def end_processes(procs: Iterable[Any], *, grace_s: float = 5.0) -> None:
     kill_now(alive)
 
 
+def reap(pids: Iterable[int]) -> list[int]:
+    """Collect the exit status of those of ``pids`` that are this process's ended children.
+
+    An ended child stays in the kernel's process table (a zombie) until its parent
+    waits for it. vLLM 0.32's shutdown leaves EngineCore so: nothing waits for it
+    until multiprocessing starts its next process. Multiprocessing's own children
+    are collected through it (``active_children`` waits for every finished one, so
+    its records stay right); any other ended child among ``pids`` with ``waitpid``.
+    Never blocks; returns the pids collected.
+    """
+    import multiprocessing
+
+    import psutil
+
+    wanted = set(pids)
+    if not wanted:
+        return []
+    me = os.getpid()
+    zombies = set()
+    for pid in wanted:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.ppid() == me and proc.status() == psutil.STATUS_ZOMBIE:
+                zombies.add(pid)
+    if not zombies:
+        return []
+    multiprocessing.active_children()
+    for pid in zombies:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    return sorted(zombies)
+
+
+def collect_when_ended(pids: Iterable[int]) -> None:
+    """Collect each of ``pids`` that is this process's child the moment it ends.
+
+    An engine process can end at any time: at Stop, at Free GPU memory, when it crashes,
+    and after vLLM's shutdown has returned (its process manager does not always wait for
+    EngineCore). A daemon thread per child waits for its end on a pidfd (no polling, no
+    cost while it runs) and then collects it (:func:`reap`), so no ended engine process
+    stays in the process table while the app runs.
+    """
+    import psutil
+
+    me = os.getpid()
+    for pid in set(pids):
+        try:
+            if psutil.Process(pid).ppid() != me:
+                continue  # a grandchild (EngineCore's Worker): its parent collects it
+        except psutil.Error:
+            continue
+        threading.Thread(
+            target=_collect_at_end, args=(pid,), name=f"engine-reaper-{pid}", daemon=True
+        ).start()
+
+
+def _collect_at_end(pid: int) -> None:
+    import select
+
+    import psutil
+
+    try:
+        handle = os.pidfd_open(pid)  # readable once the process has ended
+    except (AttributeError, OSError):  # not Linux 5.3+, or the process is gone already
+        handle = None
+    if handle is not None:
+        try:
+            select.select([handle], [], [])
+        finally:
+            os.close(handle)
+    else:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            while proc.status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.5)
+    reap([pid])
+
+
 def kill_now(procs: Iterable[Any]) -> None:
     """SIGKILL ``procs`` and reap them (a cancelled start, a quit during start-up)."""
     import psutil

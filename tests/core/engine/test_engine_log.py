@@ -11,6 +11,7 @@ copies.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -87,9 +88,46 @@ def test_engine_log_is_redacted_and_rotated(tmp_path: Path) -> None:
         assert REMOTE_KEY not in text and ENV_TOKEN not in text, path.name
 
 
+_ROUNDS = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from gemma_desktop.core.engine import vllm_local
+
+    vllm_local._configure_vllm_logging("CRITICAL", Path(sys.argv[1]))
+    from vllm.config.logging import LoggingConfig
+    from vllm.logger import configure_logging_if_needed, init_logger
+
+    configure_logging_if_needed(LoggingConfig())
+    log = init_logger("vllm.engine_log_test")
+    for number in range(int(sys.argv[2])):  # one engine start after another
+        log.info("run %d %s", number, "x" * int(sys.argv[3]))
+        assert vllm_local.rotate_engine_log(), number
+    log.info("run %s", sys.argv[2])
+    """
+)
+
+
 def test_engine_log_keeps_at_most_three_old_copies(tmp_path: Path) -> None:
-    for _ in range(LOG_BACKUPS + 1):
-        (tmp_path / "engine.log").write_text("x" * (LOG_MAX_BYTES + 1), encoding="utf-8")
-        _run(tmp_path, filler=0)
+    """Five engine starts, each after a run that filled the log: three old copies stay,
+    newest first, and the oldest runs' logs are gone."""
+    runs = LOG_BACKUPS + 2
+    result = subprocess.run(
+        [sys.executable, "-c", _ROUNDS, str(tmp_path), str(runs), str(LOG_MAX_BYTES)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in tmp_path.glob("engine.log*"))
     assert names == ["engine.log"] + [f"engine.log.{i}" for i in range(1, LOG_BACKUPS + 1)]
+
+    def runs_in(name: str) -> list[int]:
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        return [int(n) for n in re.findall(r" run (\d+)", text)]
+
+    assert runs_in("engine.log") == [runs]
+    assert [runs_in(f"engine.log.{age}") for age in range(1, LOG_BACKUPS + 1)] == [
+        [runs - age] for age in range(1, LOG_BACKUPS + 1)
+    ]

@@ -147,3 +147,66 @@ def test_the_early_guard_line_is_installed_once_and_cheap(tmp_path: Path) -> Non
         timeout=60,
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def _exit_at_once() -> None:
+    """A multiprocessing child that ends at once (module level: spawn pickles it by name)."""
+
+
+def _status(pid: int) -> str | None:
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_ended_children_are_collected_not_left_as_zombies() -> None:
+    """What vLLM's shutdown leaves: an ended EngineCore (a multiprocessing child) that
+    nobody waits for. ``reap`` collects it through multiprocessing, whose own record then
+    says it ended, and any other ended child by pid; a running child and a process that
+    is not this one's child are left alone."""
+    import multiprocessing
+
+    from gemma_desktop.core.engine.processes import reap
+
+    engine_like = multiprocessing.get_context("spawn").Process(target=_exit_at_once)
+    engine_like.start()
+    other = subprocess.Popen([sys.executable, "-c", "pass"])
+    running = subprocess.Popen([sys.executable, "-c", _SLEEPER])
+    try:
+        deadline = time.monotonic() + 60
+        pids = [engine_like.pid, other.pid]
+        while any(_status(p) != psutil.STATUS_ZOMBIE for p in pids):
+            assert time.monotonic() < deadline, [_status(p) for p in pids]
+            time.sleep(0.05)
+
+        collected = reap([*pids, running.pid, 1])
+
+        assert collected == sorted(pids)
+        assert [_status(p) for p in pids] == [None, None]  # gone from the process table
+        assert engine_like.exitcode == 0 and not engine_like.is_alive()
+        assert _status(running.pid) not in (None, psutil.STATUS_ZOMBIE)
+        assert reap(pids) == []  # nothing left to collect
+    finally:
+        running.kill()
+        running.wait()
+        other.poll()
+
+
+def test_a_child_is_collected_the_moment_it_ends_whenever_that_is() -> None:
+    """An engine process may end long after the app last looked (a crash, vLLM's shutdown
+    returning before EngineCore exits): ``collect_when_ended`` waits for each end."""
+    import multiprocessing
+
+    from gemma_desktop.core.engine.processes import collect_when_ended
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    engine_like = multiprocessing.get_context("spawn").Process(target=_exit_at_once)
+    engine_like.start()
+    collect_when_ended([child.pid, engine_like.pid])
+    deadline = time.monotonic() + 60
+    while _status(child.pid) is not None or _status(engine_like.pid) is not None:
+        assert time.monotonic() < deadline, (_status(child.pid), _status(engine_like.pid))
+        time.sleep(0.05)
+    assert engine_like.exitcode == 0
+    assert child.poll() is not None
