@@ -124,11 +124,12 @@ class Shooter:
 
 
 def gpu_machines() -> dict[str, list[Any]]:
-    """Real cards' NVML figures (tests/fixtures/nvml.py): a 12 GB, a 24 GB and a two-GPU
-    machine whose emptier card is the second."""
-    from tests.fixtures.nvml import RTX_3060, RTX_4090
+    """Real cards' NVML figures (tests/fixtures/nvml.py): an 8 GB, a 12 GB, a 24 GB and a
+    two-GPU machine whose emptier card is the second."""
+    from tests.fixtures.nvml import RTX_3060, RTX_3060_TI, RTX_4090
 
     return {
+        "8gb": [RTX_3060_TI],
         "12gb": [RTX_3060],
         "24gb": [RTX_4090],
         "two-gpus": [
@@ -435,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         isolate(Path(tmp))
         shooter = Shooter(Path(args.out))
         for scene in (
+            lambda s: scene_gpu_machine(s, "8gb", 1),
             lambda s: scene_gpu_machine(s, "12gb", 1),
             lambda s: scene_gpu_machine(s, "24gb", 1),
             lambda s: scene_gpu_machine(s, "two-gpus", 1),

@@ -19,11 +19,23 @@ The estimate has four parts (:class:`MemoryEstimate`):
   PyTorch's allocator. The engine runs in eager mode, so no CUDA graphs.
 
 :func:`plan_gpu` compares that with what vLLM may use (``gpu_memory_utilization``
-× total) and with the card's free memory, chooses the share and the CPU
-offload the app starts the engine with, and lists the changes that would make
-a model fit that does not. The same numbers decide the engine configuration
-(:mod:`gemma_desktop.core.engine.config`), the probe's verdict and the text in
-the window, so they cannot disagree.
+× total) and with the card's free memory, chooses the context (when the user set
+none), the share and the CPU offload the app starts the engine with, and lists
+the changes that would make a model fit that does not. The same numbers decide
+the engine configuration (:mod:`gemma_desktop.core.engine.config`), the probe's
+verdict and the text in the window, so they cannot disagree.
+
+**The context, and why a shorter one comes before CPU offload.** When the user
+set no ``max_model_len``, the engine gets the model's full context if it fits
+without offload; else the longest clean context (:func:`clean_contexts`: powers
+of two, never below :data:`USEFUL_CONTEXT`) that fits without offload; else the
+longest that fits with it. Offloaded weights cross PCIe for every generated
+token: PCIe 4.0 x16 moves about 25 GB/s, so each offloaded GiB adds about 43 ms
+to every token, while the card itself reads E2B's 4.2 GiB of decoder and LM head
+in about 4.5 ms (RTX 4090, 1008 GB/s) to 13 ms (RTX 3060, 360 GB/s): one GiB of
+offload makes decoding 4 to 10 times slower, on every answer; a 65,536-token
+context instead of 131,072 only matters to a conversation longer than 65,536
+tokens. Text-only mode is offered where it buys at least twice the context.
 
 The model's figures (:class:`ModelFigures`) come from its ``config.json`` and
 the safetensors headers of a downloaded snapshot (exact, per tensor), or,
@@ -45,6 +57,7 @@ from typing import Any, Literal
 
 from gemma_desktop.core.machine.gpu import GIB, MIB, GpuInfo
 from gemma_desktop.core.models.catalog import PublishedModel, Variant
+from gemma_desktop.core.settings import ENV_MAX_LEN, ENV_TEXT_ONLY
 
 Device = Literal["cuda", "cpu"]
 
@@ -78,8 +91,11 @@ CUDA_CONTEXT_BYTES = 512 * MIB
 #: desktop keeps running beside it) nor above what is free.
 APP_UTIL_FLOOR = 0.5
 APP_UTIL_CEILING = 0.9
-#: Contexts tried, longest first, when a shorter context is the fix.
-SHORTER_CONTEXTS = (65_536, 32_768, 16_384, 8_192, 4_096, 2_048)
+#: The shortest context the app starts a model with by itself, and the shortest it
+#: suggests: one 32-frame video is 2,496 tokens and one image up to 1,120, so below 8,192
+#: tokens a conversation with a picture and an answer hardly fits. A model that does not
+#: fit at this length is said not to fit ("nothing fits at a useful length").
+USEFUL_CONTEXT = 8_192
 
 #: The CPU build: RAM taken by the engine's processes besides weights and KV cache,
 #: measured on this machine (PSS of all processes): the tiny Gemma 4 checkpoint with the
@@ -567,6 +583,75 @@ def cpu_tokens_per_second(figures: ModelFigures, dtype_bytes: int | None = None)
 
 # --- the plan for one GPU -------------------------------------------------------------
 
+#: Why the engine gets its context: ``model`` the model's full context; ``user`` the
+#: user's ``ATOMR_INFER_GEMMA_MAX_LEN``; ``fits`` the longest that fits this card (the full
+#: one does not); ``speed`` the longest that fits without CPU offload (a longer one would
+#: need offload); ``none`` nothing fits, not even :data:`USEFUL_CONTEXT` tokens.
+ContextReason = Literal["model", "user", "fits", "speed", "none"]
+
+
+def clean_contexts(longest: int) -> tuple[int, ...]:
+    """The contexts the app chooses from, longest first: ``longest`` (the model's own, or
+    the user's), then every power of two below it down to :data:`USEFUL_CONTEXT`.
+
+    Powers of two rather than the exact longest length that fits: the free memory moves
+    by a few hundred MiB as other programs run, and an exact fit would give the same
+    card a different context from one start to the next; a power of two changes only
+    when the card's memory really differs (and it is a length people know: 32k, 64k).
+    """
+    contexts = [longest]
+    step = 1 << (longest.bit_length() - 1)  # the largest power of two <= longest
+    if step == longest:
+        step //= 2
+    while step >= USEFUL_CONTEXT:
+        contexts.append(step)
+        step //= 2
+    return tuple(contexts)
+
+
+@dataclass(frozen=True)
+class ContextChoice:
+    """The context the engine is started with (vLLM's ``max_model_len``) and why.
+
+    ``full_need_bytes`` is the estimate at the model's full context without offload;
+    for ``speed``, ``offload_tokens`` / ``offload_gib`` are the longer context that
+    would fit with CPU offload, and that offload.
+    """
+
+    tokens: int
+    reason: ContextReason
+    full_tokens: int
+    full_need_bytes: int
+    offload_tokens: int = 0
+    offload_gib: float = 0.0
+
+    @property
+    def shortened(self) -> bool:
+        """The app chose a shorter context than the model's own to make it fit (or fast)."""
+        return self.reason in ("fits", "speed")
+
+    def short(self) -> str:
+        """``32,768 tokens of context, the longest that fits this card`` (status line)."""
+        text = f"{self.tokens:,} tokens of context"
+        if self.reason == "fits":
+            return f"{text}, the longest that fits this card"
+        if self.reason == "speed":
+            return f"{text}, the longest that fits this card without CPU offload"
+        if self.reason == "user":
+            return f"{text} ({ENV_MAX_LEN})"
+        if self.reason == "none":
+            return f"not even {text}"
+        return f"{text}, the model's full context"
+
+    def describe(self) -> str:
+        """:meth:`short` and, for a shortened context, what the full one needs."""
+        if not self.shortened:
+            return self.short()
+        return (
+            f"{self.short()}; the model's full context ({self.full_tokens:,} tokens) needs "
+            f"{gib(self.full_need_bytes)}"
+        )
+
 
 @dataclass(frozen=True)
 class GpuPlan:
@@ -574,11 +659,14 @@ class GpuPlan:
 
     ``utilization`` and ``offload_gib`` are what the engine gets (the user's
     values where set); ``problems`` say why it would not start (empty: it
-    fits); ``fixes`` name the settings that would make it fit.
+    fits); ``fixes`` name the settings that would make it fit (or, when it fits
+    with CPU offload, run at full speed); ``longer`` those that give a longer
+    context than the app chose; ``context`` the context and why.
     """
 
     gpu: GpuInfo
     estimate: MemoryEstimate
+    context: ContextChoice
     utilization: float
     utilization_set: bool
     offload_gib: float
@@ -586,6 +674,7 @@ class GpuPlan:
     budget_bytes: int
     problems: tuple[str, ...] = ()
     fixes: tuple[str, ...] = field(default=())
+    longer: tuple[str, ...] = field(default=())
 
     @property
     def fits(self) -> bool:
@@ -654,6 +743,8 @@ def _plan(
     text_only: bool,
     floor_bytes: int,
 ) -> GpuPlan:
+    """The plan at one context (``None``: the model's full context), reason ``model`` /
+    ``user`` (the caller that chose it says why)."""
     ctx = min(context or model.max_context, model.max_context)
     full = estimate(model, ctx, text_only=text_only)
     util = utilization if utilization is not None else app_utilization(full.total_bytes, gpu)
@@ -688,9 +779,17 @@ def _plan(
             problems.append(
                 f"needs {gib(est.total_bytes)}, more than the {gib(reserved)} vLLM may use"
             )
+    full_need = (
+        full.total_bytes
+        if ctx == model.max_context
+        else estimate(model, model.max_context, text_only=text_only).total_bytes
+    )
     return GpuPlan(
         gpu=gpu,
         estimate=est,
+        context=ContextChoice(
+            ctx, "model" if context is None else "user", model.max_context, full_need
+        ),
         utilization=util,
         utilization_set=utilization is not None,
         offload_gib=min(offload, float(_ceil_gib(movable))) if offload_gib is None else offload,
@@ -698,6 +797,43 @@ def _plan(
         budget_bytes=reserved,
         problems=tuple(problems),
     )
+
+
+def _choose_context(model: ModelFigures, gpu: GpuInfo, args: dict[str, Any]) -> GpuPlan:
+    """The plan at the context the app chooses when the user set none: the model's full
+    context if it fits without CPU offload; else the longest of :func:`clean_contexts`
+    that fits without offload (offload slows every token, see the module docstring);
+    else the longest that fits with it; else (nothing fits) the shortest tried.
+
+    Where the user chose the offload (``ATOMR_INFER_GEMMA_CPU_OFFLOAD_GB``), only
+    whether it fits counts.
+    """
+    plans = [
+        _plan(model, gpu, **{**args, "context": tokens})
+        for tokens in clean_contexts(model.max_context)
+    ]
+    fitting = [plan for plan in plans if plan.fits]
+    if args["offload_gib"] is None:
+        chosen = next((p for p in fitting if not p.offload_gib), fitting[0] if fitting else None)
+    else:
+        chosen = fitting[0] if fitting else None
+    reason: ContextReason
+    if chosen is None:
+        # Nothing fits: the shortest tried (the model's own when it is the only one).
+        chosen = plans[-1]
+        reason = "model" if chosen is plans[0] else "none"
+    elif chosen is plans[0]:
+        reason = "model"
+    elif chosen is not fitting[0]:
+        reason = "speed"  # a longer context fits, but only with CPU offload
+    else:
+        reason = "fits"
+    choice = replace(chosen.context, reason=reason)
+    if reason == "speed":
+        choice = replace(
+            choice, offload_tokens=fitting[0].estimate.context, offload_gib=fitting[0].offload_gib
+        )
+    return replace(chosen, context=choice)
 
 
 def plan_gpu(
@@ -711,13 +847,19 @@ def plan_gpu(
     dtype_bytes: int | None = None,
     floor_bytes: int = 0,
 ) -> GpuPlan:
-    """The engine's share of ``gpu`` and its CPU offload, whether it starts, and if not,
-    the settings that would make it (:attr:`GpuPlan.fixes`, each checked with the estimate).
+    """The engine's context, its share of ``gpu`` and its CPU offload, whether it starts,
+    and if not, the settings that would make it (:attr:`GpuPlan.fixes`, each checked with
+    the estimate).
 
-    ``utilization`` / ``offload_gib`` are the user's settings (``None``: the
-    app's rule: the share the model needs within :func:`app_utilization`'s
+    ``context`` is the user's ``max_model_len``, used as given (and, when it does not
+    fit, refused with the longest that would); ``None``: the app chooses
+    (:func:`_choose_context`). ``utilization`` / ``offload_gib`` are the user's settings
+    (``None``: the app's rule: the share the model needs within :func:`app_utilization`'s
     bounds, then offload only what still does not fit, rounded up to whole GiB).
     ``floor_bytes`` is the seed's minimum free VRAM for the variant.
+
+    The engine's configuration calls this (:meth:`EngineConfig.build`), and vLLM gets
+    ``estimate.context`` as ``max_model_len``: one rule for the estimate and the engine.
     """
     model = figures.in_dtype(dtype_bytes) if dtype_bytes else figures
     args: dict[str, Any] = {
@@ -727,16 +869,18 @@ def plan_gpu(
         "text_only": text_only,
         "floor_bytes": floor_bytes,
     }
-    plan = _plan(model, gpu, **args)
     if gpu.free_bytes < floor_bytes:
-        return plan
+        return _plan(model, gpu, **args)
+    plan = _plan(model, gpu, **args) if context is not None else _choose_context(model, gpu, args)
+    chosen = {**args, "context": plan.estimate.context}
     if not plan.fits:
-        return replace(plan, fixes=tuple(_fixes(model, gpu, plan, args)))
+        return replace(plan, fixes=tuple(_fixes(model, gpu, plan, chosen)))
+    fixes: list[str] = []
     if plan.offload_gib and offload_gib is None:
         # It fits by offloading: say what would make it fit at full speed.
-        full_speed = {**args, "offload_gib": 0.0}
-        return replace(plan, fixes=tuple(_fixes(model, gpu, plan, full_speed, offload=False)))
-    return plan
+        full_speed = {**chosen, "offload_gib": 0.0}
+        fixes = _fixes(model, gpu, plan, full_speed, offload=False)
+    return replace(plan, fixes=tuple(fixes), longer=tuple(_longer(model, gpu, plan, args)))
 
 
 def _fixes(
@@ -747,7 +891,8 @@ def _fixes(
     *,
     offload: bool = True,
 ) -> list[str]:
-    """Settings that would make the model start on ``gpu``, each checked with the estimate."""
+    """Settings that would make the model start on ``gpu`` (``offload=False``: without CPU
+    offload), each checked with the estimate at the plan's context."""
     fixes: list[str] = []
     free = usable_free(gpu)
 
@@ -768,15 +913,43 @@ def _fixes(
         if higher > args["utilization"] and fits(utilization=higher):
             fixes.append(f"raise ATOMR_INFER_GEMMA_GPU_UTIL to {higher:.2f}")
     ctx = plan.estimate.context
-    for shorter in SHORTER_CONTEXTS:
-        if shorter < ctx and fits(context=shorter):
-            fixes.append(f"a shorter context: ATOMR_INFER_GEMMA_MAX_LEN={shorter}")
+    for shorter in clean_contexts(ctx)[1:]:
+        if fits(context=shorter):
+            which = "fits this card" if offload else "fits this card without CPU offload"
+            fix = f"a shorter context: {ENV_MAX_LEN}={shorter}, the longest that {which}"
+            if plan.context.reason == "user":
+                fix += f" (or unset {ENV_MAX_LEN}: the app then chooses the context)"
+            fixes.append(fix)
             break
     if not args["text_only"] and model.multimodal and fits(text_only=True):
         fixes.append("text-only mode: ATOMR_INFER_GEMMA_TEXT_ONLY=on (no image or audio)")
     if offload and args["offload_gib"] is not None and fits(offload_gib=None):
         fixes.append("let the app choose the CPU offload: unset ATOMR_INFER_GEMMA_CPU_OFFLOAD_GB")
     return fixes
+
+
+def _longer(model: ModelFigures, gpu: GpuInfo, plan: GpuPlan, args: dict[str, Any]) -> list[str]:
+    """Settings that give a longer context than the one the app chose: the longer context
+    with CPU offload (when the app chose speed), and text-only mode where it buys at least
+    one clean step (twice the context)."""
+    choice = plan.context
+    longer: list[str] = []
+    if not choice.shortened:
+        return longer
+    if choice.reason == "speed":
+        longer.append(
+            f"{ENV_MAX_LEN}={choice.offload_tokens} for {choice.offload_tokens:,} tokens of "
+            f"context, with {choice.offload_gib:g} GB of weights offloaded to RAM (they cross "
+            "PCIe for every token: decoding is slower)"
+        )
+    if not args["text_only"] and model.multimodal:
+        text = _choose_context(model, gpu, {**args, "text_only": True})
+        if text.fits and text.estimate.context > choice.tokens:
+            longer.append(
+                f"text-only mode: {ENV_TEXT_ONLY}=on gives {text.estimate.context:,} tokens "
+                "of context (no image or audio)"
+            )
+    return longer
 
 
 def choose_gpu(gpus: Iterable[GpuInfo]) -> GpuInfo | None:

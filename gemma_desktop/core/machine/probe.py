@@ -11,6 +11,7 @@ an executor.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib.metadata
 import os
@@ -38,6 +39,7 @@ from gemma_desktop.core.machine.gpu import (
     visible_gpus,
 )
 from gemma_desktop.core.machine.memory import (
+    USEFUL_CONTEXT,
     GpuPlan,
     ModelFigures,
     choose_gpu,
@@ -54,7 +56,14 @@ from gemma_desktop.core.models.catalog import (
 )
 from gemma_desktop.core.models.hub_cache import is_on_disk, local_model_path
 from gemma_desktop.core.secrets import TokenStore
-from gemma_desktop.core.settings import Settings, SettingsWarning, load_settings
+from gemma_desktop.core.settings import (
+    ENV_MAX_LEN,
+    ENV_MODEL,
+    Setting,
+    Settings,
+    SettingsWarning,
+    load_settings,
+)
 
 #: What the bundled model needs in RAM on the CPU build (weights + a small KV cache).
 BUNDLED_MIN_RAM_GB = 3.0
@@ -112,7 +121,10 @@ class FitVerdict:
 
     ``breakdown`` is the memory estimate behind it (``weights … = … of the …
     vLLM may use``); ``fixes`` the settings that would make a model fit that
-    does not; ``plan`` the GPU plan the engine would start with.
+    does not (or run without CPU offload); ``longer`` those that give a longer
+    context than the app chose; ``hint`` what to do when no fix applies (nothing
+    fits, with the smallest model's figures); ``plan`` the GPU plan the engine
+    would start with (its ``context`` is the one vLLM gets).
     """
 
     kind: FitKind
@@ -123,6 +135,8 @@ class FitVerdict:
     plan: GpuPlan | None = None
     #: The verdict is about vLLM's CPU build (RAM), not a GPU.
     on_cpu: bool = False
+    longer: tuple[str, ...] = ()
+    hint: str = ""
 
 
 GpuReader = Callable[[], list[GpuInfo]]
@@ -290,31 +304,46 @@ def fit_verdict(
             )
         return FitVerdict(FitKind.FITS, f"Fits on GPU {gpu.index}, {gpu.name}.")
     where = f"GPU {gpu.index}, {gpu.name}"
-    smaller = _fallback_plan(variant, settings, gpu)
+    choice = plan.context
+    smaller_plan = _fallback_plan(variant, settings, gpu)
     if not plan.fits:
-        fixes = list(plan.fixes)
-        if smaller is not None and smaller.fits:
-            fixes.append(f"the smaller {variant.fallback}")
+        smaller = _smaller_fix(variant, settings, gpu, smaller_plan)
+        fixes = plan.fixes + ((smaller,) if smaller else ())
+        even = f" even at {choice.tokens:,} tokens of context" if choice.reason == "none" else ""
         return FitVerdict(
             FitKind.DOES_NOT_FIT,
-            f"Does not fit on {where}: " + "; ".join(plan.problems) + ".",
-            variant.fallback if smaller is not None and smaller.fits else BUNDLED_MODEL_ID,
+            f"Does not fit on {where}{even}: " + "; ".join(plan.problems) + ".",
+            variant.fallback if smaller else BUNDLED_MODEL_ID,
             plan.summary(),
-            tuple(fixes),
+            fixes,
             plan,
+            hint="" if fixes else _nothing_fits_hint(variant, settings, gpu, plan, figures),
         )
+    at = f" at {choice.describe()}" if choice.shortened else ""
     if plan.offload_gib:
-        full_speed = smaller is not None and smaller.fits and not smaller.offload_gib
+        offloaded = (
+            f"{plan.offload_gib:g} GB of its weights offloaded to RAM (they cross PCIe for "
+            "every token: decoding is slower)"
+        )
+        message = (
+            f"Fits on {where}{at}. It runs with {offloaded}."
+            if at
+            else f"Fits on {where} with {offloaded}."
+        )
+        full_speed = smaller_plan is not None and smaller_plan.fits and not smaller_plan.offload_gib
         return FitVerdict(
             FitKind.FITS_WITH_OFFLOAD,
-            f"Fits on {where} with {plan.offload_gib:g} GB of its weights offloaded to RAM "
-            "(they cross PCIe for every token: decoding is slower).",
+            message,
             variant.fallback if full_speed else None,
             plan.summary(),
-            plan.fixes + ((f"the smaller {variant.fallback}",) if full_speed else ()),
+            plan.fixes
+            + ((_smaller_fix(variant, settings, gpu, smaller_plan),) if full_speed else ()),
             plan=plan,
+            longer=plan.longer,
         )
-    return FitVerdict(FitKind.FITS, f"Fits on {where}.", None, plan.summary(), plan=plan)
+    return FitVerdict(
+        FitKind.FITS, f"Fits on {where}{at}.", None, plan.summary(), plan=plan, longer=plan.longer
+    )
 
 
 def _fallback_plan(variant: Variant, settings: Settings, gpu: GpuInfo) -> GpuPlan | None:
@@ -325,6 +354,65 @@ def _fallback_plan(variant: Variant, settings: Settings, gpu: GpuInfo) -> GpuPla
         return None
     smaller = validate_variant(variant.fallback)
     return EngineConfig.build(settings, smaller, gpu=gpu).memory_plan
+
+
+def _without_length(settings: Settings) -> Settings:
+    """The same settings as if the user had set no context length (the app chooses one)."""
+    return dataclasses.replace(settings, max_model_len=Setting(None, "default"))
+
+
+def _smaller_fix(variant: Variant, settings: Settings, gpu: GpuInfo, plan: GpuPlan | None) -> str:
+    """The fix naming ``variant``'s smaller sibling and the context it gets on ``gpu``
+    (``plan``, with the user's length, else the app's choice; with a shorter one where the
+    user's does not fit); empty when there is none or it does not fit either."""
+    if plan is None or variant.fallback is None:
+        return ""
+    use = f"{ENV_MODEL}={variant.fallback}"
+    if plan.fits:
+        if plan.context.shortened:
+            return f"the smaller {variant.fallback}, which fits at {plan.context.short()} ({use})"
+        return f"the smaller {variant.fallback} ({use})"
+    if plan.context.reason == "user":
+        shorter = _fallback_plan(variant, _without_length(settings), gpu)
+        if shorter is not None and shorter.fits:
+            tokens = shorter.estimate.context
+            return (
+                f"the smaller {variant.fallback} at {shorter.context.short()} "
+                f"({use} and {ENV_MAX_LEN}={tokens})"
+            )
+    return ""
+
+
+def _nothing_fits_hint(
+    variant: Variant,
+    settings: Settings,
+    gpu: GpuInfo,
+    plan: GpuPlan,
+    figures: ModelFigures | None,
+) -> str:
+    """What to do when no Gemma 4 runs on ``gpu`` and no setting changes that, with the
+    figures of the smallest one at the shortest context the app chooses."""
+    from gemma_desktop.core.engine.config import EngineConfig
+
+    smallest, smallest_figures = variant, figures
+    while smallest.fallback is not None:
+        smallest, smallest_figures = validate_variant(smallest.fallback), None
+    if smallest is not variant or plan.context.reason == "user":
+        plan_or_none = EngineConfig.build(
+            _without_length(settings), smallest, gpu=gpu, figures=smallest_figures
+        ).memory_plan
+        plan = plan_or_none or plan
+    elsewhere = (
+        f"Close programs using the GPU, use the bundled model ({BUNDLED_MODEL_ID}) on the CPU, "
+        "or connect to a remote vLLM server."
+    )
+    if plan.fits:  # the smallest fits after all (not a memory problem): no claim about it
+        return elsewhere
+    at = f", at {plan.context.tokens:,} tokens of context" if plan.context.reason == "none" else ""
+    return (
+        f"No Gemma 4 fits this GPU at a useful context ({USEFUL_CONTEXT:,} tokens or more). "
+        f"The smallest, {smallest.label}{at}: " + "; ".join(plan.problems) + f". {elsewhere}"
+    )
 
 
 def vram_need_bytes(
@@ -499,12 +587,14 @@ def _gpu_checks(
     elif verdict.kind is FitKind.DOES_NOT_FIT and not verdict.on_cpu:
         if verdict.fixes:
             hint = "To make it fit: " + "; or ".join(verdict.fixes) + "."
+        elif verdict.hint:
+            hint = verdict.hint
         elif verdict.suggestion == variant.fallback:
             hint = _fallback_hint(variant)
         else:
             hint = (
-                "No Gemma 4 fits this GPU's free memory: close programs using it, use the "
-                f"bundled model ({BUNDLED_MODEL_ID}) on the CPU, or a remote vLLM server."
+                "Close programs using the GPU, use the bundled model "
+                f"({BUNDLED_MODEL_ID}) on the CPU, or connect to a remote vLLM server."
             )
         vram = Check(
             "vram",
@@ -512,26 +602,48 @@ def _gpu_checks(
             CheckStatus.FAIL,
             f"{free}. {verdict.message} Estimate: {verdict.breakdown}.",
             hint,
+            _context_details(verdict),
         )
     elif verdict.kind in (FitKind.FITS, FitKind.FITS_WITH_OFFLOAD):
-        hint = ""
+        hints = []
         if verdict.kind is FitKind.FITS_WITH_OFFLOAD and verdict.fixes:
-            hint = "For full speed: " + "; or ".join(verdict.fixes) + "."
-        slower = (
-            " The offloaded weights cross PCIe for every token: decoding is slower."
-            if verdict.kind is FitKind.FITS_WITH_OFFLOAD
-            else ""
-        )
+            hints.append("For full speed: " + "; or ".join(verdict.fixes) + ".")
+        if verdict.longer:
+            hints.append("For a longer context: " + "; or ".join(verdict.longer) + ".")
+        if verdict.plan is not None and verdict.plan.context.shortened:
+            reason = f"{free}. {verdict.message} Estimate: {verdict.breakdown}."
+        else:
+            slower = (
+                " The offloaded weights cross PCIe for every token: decoding is slower."
+                if verdict.kind is FitKind.FITS_WITH_OFFLOAD
+                else ""
+            )
+            reason = f"{free}. Estimate: {verdict.breakdown}.{slower}"
         vram = Check(
             "vram",
             "Free VRAM",
             CheckStatus.OK,
-            f"{free}. Estimate: {verdict.breakdown}.{slower}",
-            hint,
+            reason,
+            " ".join(hints),
+            _context_details(verdict),
         )
     else:
         vram = Check("vram", "Free VRAM", CheckStatus.SKIPPED, f"{free}; {verdict.message}")
     return [gpu_check, vram]
+
+
+def _context_details(verdict: FitVerdict) -> dict[str, Any]:
+    """The context the engine gets and why (``--json``: ``details`` of the vram check)."""
+    plan = verdict.plan
+    if plan is None:
+        return {}
+    return {
+        "max_model_len": plan.estimate.context,
+        "context": plan.context.reason,
+        "full_context": plan.context.full_tokens,
+        "cpu_offload_gb": plan.offload_gib,
+        "gpu_memory_utilization": plan.utilization,
+    }
 
 
 def _fallback_hint(variant: Variant) -> str:
@@ -900,7 +1012,7 @@ def run_probe(
 
 
 def _gemma_unavailable_hint(variant: Variant, check: Check) -> str:
-    if check.id == "vram" and variant.fallback:
+    if (check.id == "vram" and variant.fallback) or BUNDLED_MODEL_ID in check.hint:
         return check.hint
     return (
         f"{check.hint} On this machine the bundled Gemma 3 270M runs on the CPU: choose it in "
@@ -922,14 +1034,18 @@ class StartupDecision:
 
 
 def startup_variant(settings: Settings, report: ProbeReport) -> str:
-    """The model to start with: the user's choice, or the bundled model when nothing
-    was chosen and the default Gemma 4 does not fit a GPU here (on the CPU it would
-    run, but slowly: that is for a user who chooses it)."""
+    """The model to start with: the user's choice; when nothing was chosen, the default
+    Gemma 4 if it fits a GPU here, else its smaller sibling if that fits (the seed's
+    E4B -> E2B fallback: an 8 GB card runs E2B-it at a shorter context), else the bundled
+    model (on the CPU a Gemma 4 would run, but slowly: that is for a user who chooses it)."""
     if settings.model_id.source != "default":
         return settings.model_id.value
-    default = validate_variant(settings.model_id.value)
-    if report.fit(default).kind in (FitKind.FITS, FitKind.FITS_WITH_OFFLOAD):
-        return default.id
+    candidate: str | None = validate_variant(settings.model_id.value).id
+    while candidate is not None:
+        variant = validate_variant(candidate)
+        if report.fit(variant).kind in (FitKind.FITS, FitKind.FITS_WITH_OFFLOAD):
+            return variant.id
+        candidate = variant.fallback
     return BUNDLED_MODEL_ID
 
 

@@ -9,7 +9,8 @@ in-process.
 The expected verdicts follow from the published sizes (E2B: 9.5 GiB of bf16 weights, 4.4 of
 them per-layer embeddings; E4B: 14.8 GiB) and a 131,072-token context: E4B cannot fit a
 12 GB or 16 GB card without offload, fits a 24 GB card; E2B needs a little offload on
-12 GB, fits 16 GB and up.
+12 GB, fits 16 GB and up. On an 8 GB card E4B does not fit at any useful context and E2B
+runs at 32,768 tokens with its decoder offloaded (test_context_choice.py works it out).
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ from gemma_desktop.core.machine.gpu import NvmlReader
 from gemma_desktop.core.machine.probe import FitKind, Outcome, ProbeService, decide_startup
 from gemma_desktop.core.models.catalog import VariantCatalog
 from gemma_desktop.core.settings import load_settings
-from tests.fixtures.nvml import RTX_3060, RTX_4080, RTX_4090, RTX_A6000, Card, FakeNvml
+from tests.fixtures.nvml import (
+    RTX_3060,
+    RTX_3060_TI,
+    RTX_4080,
+    RTX_4090,
+    RTX_A6000,
+    Card,
+    FakeNvml,
+)
 
 E2B, E4B, BUNDLED = "google/gemma-4-E2B-it", "google/gemma-4-E4B-it", "bundled/gemma-3-270m"
 TOKEN = "hf_abcdefghijklmnopqrstuvwxyz012345"
@@ -54,6 +63,14 @@ class Scenario:
 
 
 SCENARIOS = {
+    # The default E4B does not fit: skipped; with nothing chosen the window starts E2B-it.
+    "rtx3060ti-8gb": Scenario(
+        [RTX_3060_TI],
+        Outcome.SKIPPED,
+        {E2B: FitKind.FITS_WITH_OFFLOAD, E4B: FitKind.DOES_NOT_FIT, BUNDLED: FitKind.CPU},
+        0,
+        "0",
+    ),
     "rtx3060-12gb": Scenario(
         [RTX_3060],
         Outcome.READY,
@@ -274,3 +291,45 @@ def test_an_engine_start_before_the_probe_reported_waits_then_gets_the_gpu_setti
     assert config.memory_plan is not None and config.memory_plan.gpu.name == RTX_4090.name
     assert dict(config.device_env)["CUDA_VISIBLE_DEVICES"] == "0"
     assert app.host.status.state is EngineState.CRASHED
+
+
+BUSY_3060TI = "busy-3060ti-half-taken"
+SCENARIOS[BUSY_3060TI] = Scenario(
+    [RTX_3060_TI.with_used(4096)],
+    Outcome.SKIPPED,
+    {E2B: FitKind.DOES_NOT_FIT, E4B: FitKind.DOES_NOT_FIT, BUNDLED: FitKind.CPU},
+    0,
+    "0",
+)
+
+
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [
+        # The default E4B-it does not fit 8 GB; its smaller sibling does, at a shorter
+        # context: the seed's E4B -> E2B fallback, without the user setting anything.
+        ("rtx3060ti-8gb", E2B),
+        ("rtx3060-12gb", E4B),
+        ("rtx4090-24gb", E4B),
+        # Nothing fits a card other programs half fill: the bundled model, on the CPU.
+        (BUSY_3060TI, BUNDLED),
+    ],
+    indirect=["machine"],
+)
+def test_with_nothing_chosen_the_app_starts_the_gemma_4_that_fits(
+    machine: Scenario, expected: str
+) -> None:
+    report = ProbeService(gpu_reader=_reader(machine)).run()
+    decision = decide_startup(load_settings(), report)
+    assert decision.variant_id == expected
+    if expected != E4B:  # the user is told why it is not the default
+        assert any("cannot run here" in notice for notice in decision.notices)
+
+
+def test_a_chosen_model_that_does_not_fit_is_not_swapped_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(probe_mod, "vllm_distribution", lambda: ("cuda", "0.32.0"))
+    monkeypatch.setenv("ATOMR_INFER_GEMMA_MODEL", E4B)
+    report = ProbeService(gpu_reader=_reader(SCENARIOS["rtx3060ti-8gb"])).run()
+    assert decide_startup(load_settings(), report).variant_id == E4B

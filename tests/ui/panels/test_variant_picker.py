@@ -16,7 +16,7 @@ from gemma_desktop.core.models.hub_cache import is_on_disk
 from gemma_desktop.core.settings import SettingsStore, load_settings
 from gemma_desktop.ui.app_state import AppState
 from gemma_desktop.ui.panels.variant_picker import VariantPicker
-from tests.fixtures.nvml import RTX_3060, RTX_4090, Card, FakeNvml
+from tests.fixtures.nvml import RTX_3060, RTX_3060_TI, RTX_4090, Card, FakeNvml
 
 SMALL = Card("NVIDIA T400", 4096, 300, (7, 5), 0x01, "GPU-00000000-0000-4000-8000-0000000t400")
 
@@ -118,3 +118,30 @@ def test_confirmation_decides(qtbot: Any, arun: Any, answer: bool) -> None:
     assert asked == ["google/gemma-4-E2B-it"]
     assert SettingsStore().path.exists() is answer
     assert (picker.selected == "google/gemma-4-E2B-it") is answer
+
+
+def test_the_models_page_on_an_8gb_card_names_the_context_and_the_fallback(
+    make_app: Any, arun: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window's Models page, fed by the window's own probe: E2B fits an 8 GB card at
+    32,768 tokens (worked out in tests/core/machine/test_context_choice.py), E4B does
+    not, and its row and details point at E2B and that context."""
+    from gemma_desktop.core.machine import probe as probe_mod
+
+    monkeypatch.setattr(probe_mod, "vllm_distribution", lambda: ("cuda", "0.32.0"))
+    app = make_app(gpu_reader=reader(RTX_3060_TI))
+    arun(app.state.refresh())
+    app.window.show_page(2)
+    picker = app.window.picker
+    table = rows(picker)
+    assert table["google/gemma-4-E2B-it"][4] == "Fits with CPU offload at 32,768 tokens"
+    assert table["google/gemma-4-E4B-it"][4] == "Does not fit → try Gemma 4 E2B-it"
+    picker.select("google/gemma-4-E2B-it")
+    detail = picker.detail_label.text()
+    assert "at 32,768 tokens of context, the longest that fits this card" in detail
+    assert "the model&#x27;s full context (131,072 tokens) needs 11.6 GB" in detail
+    assert "For a longer context: text-only mode" in detail
+    picker.select("google/gemma-4-E4B-it")
+    detail = picker.detail_label.text()
+    assert "google/gemma-4-E2B-it, which fits at 32,768 tokens of context" in detail
+    assert "No Gemma 4 fits" not in detail
