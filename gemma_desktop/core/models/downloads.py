@@ -76,6 +76,7 @@ from gemma_desktop.core.models.hub_cache import (
     repo_cache_dir,
     write_ref,
 )
+from gemma_desktop.core.models.model_use import ModelUse
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoFile
@@ -568,16 +569,26 @@ class DownloadManager:
         variant = self._variant(variant_id)
         return self._plan(variant, cancel or threading.Event(), self._token())
 
-    def _plan(self, variant: Variant, cancel: threading.Event, token: str | None) -> DownloadPlan:
+    def published_files(
+        self, variant_id: str, revision: str = REVISION, cancel: threading.Event | None = None
+    ) -> tuple[RemoteFile, ...]:
+        """The Hub's file listing of ``variant_id`` at ``revision``: sizes and published hashes."""
+        variant = self._variant(variant_id)
+        _, files = self._listing(variant, revision, cancel or threading.Event(), self._token())
+        return files
+
+    def _listing(
+        self, variant: Variant, revision: str, cancel: threading.Event, token: str | None
+    ) -> tuple[str, tuple[RemoteFile, ...]]:
+        """The commit ``revision`` is at and its files (non-LFS first), with retries."""
         endpoint = self.resolved_endpoint()
-        cache = self.resolved_cache_dir()
 
         def fetch_listing() -> tuple[str, list[RepoFile]]:
             from huggingface_hub import HfApi
             from huggingface_hub.hf_api import RepoFile
 
             api = HfApi(endpoint=endpoint, token=token or False)
-            info = api.model_info(variant.id, revision=REVISION)
+            info = api.model_info(variant.id, revision=revision)
             if not info.sha:
                 raise HubServerError(
                     f"The Hub at {endpoint} did not say which commit {variant.id} is at.",
@@ -603,6 +614,11 @@ class DownloadManager:
                 key=lambda f: (f.lfs_sha256 is not None, f.path),
             )
         )
+        return commit, files
+
+    def _plan(self, variant: Variant, cancel: threading.Event, token: str | None) -> DownloadPlan:
+        cache = self.resolved_cache_dir()
+        commit, files = self._listing(variant, REVISION, cancel, token)
         storage = repo_cache_dir(variant.id, cache)
         snapshot = storage / "snapshots" / commit
         cached = frozenset(f.path for f in files if _present(snapshot / f.path, f.size))
@@ -648,7 +664,9 @@ class DownloadManager:
         with self._running_lock:
             self._running.add(cancel)
         try:
-            return self._download(variant_id, on_progress, cancel)
+            # Held for the whole download, so the model is not deleted under it.
+            with ModelUse(self.catalog.get(variant_id).id, "downloading"):
+                return self._download(variant_id, on_progress, cancel)
         finally:
             with self._running_lock:
                 self._running.discard(cancel)

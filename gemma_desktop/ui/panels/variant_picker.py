@@ -1,7 +1,8 @@
 """The variant picker: every catalog entry with its download size, its memory need on a
 GPU (the estimate at the settings' context), whether it is downloaded, and whether it
-fits this machine (from the probe report), with the estimate's breakdown and the
-changes that would make a model fit.
+fits this machine (from the probe report: at which context, where the app chose a
+shorter one than the model's own to make it fit), with the estimate's breakdown, the
+changes that would make a model fit and those that give it a longer context.
 
 Choosing a variant persists it (``AppState.update_settings(model_id=...)``).
 When the engine is running, ``confirm`` is awaited first (the main window asks
@@ -9,6 +10,10 @@ before restarting the engine). The setup wizard shows the same table with
 ``choosing=False``: no title, no Use or Download buttons (its Next button saves
 the choice, its next step downloads). Whether a model is downloaded comes from
 :mod:`gemma_desktop.core.models.hub_cache`, like everywhere else.
+
+For a downloaded model, Delete… (asks, shows what it frees; refused while the model
+runs or downloads), Verify (hashes against the Hub's, else the cache's) and Open folder
+call :mod:`gemma_desktop.core.models.local_models` off the UI thread.
 
 Signals:
     variant_chosen(str): the user chose (and confirmed) a variant; it is saved.
@@ -21,7 +26,8 @@ import html
 import logging
 from collections.abc import Awaitable, Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -37,10 +43,10 @@ from gemma_desktop.core.errors import GemmaDesktopError
 from gemma_desktop.core.machine.memory import gib
 from gemma_desktop.core.machine.probe import FitKind, FitVerdict, ProbeReport, vram_need_bytes
 from gemma_desktop.core.models.catalog import Variant, VariantCatalog
-from gemma_desktop.core.models.hub_cache import is_on_disk
-from gemma_desktop.ui import theme
+from gemma_desktop.core.models.hub_cache import is_on_disk, local_model_path
+from gemma_desktop.ui import dialogs, theme
 from gemma_desktop.ui.app_state import AppState
-from gemma_desktop.ui.tasks import spawn
+from gemma_desktop.ui.tasks import run_blocking, spawn
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +116,12 @@ class VariantPicker(QWidget):
         self.use_button.setAccessibleName("Use selected model")
         self.download_button = QPushButton(theme.icon("download"), "Download…")
         self.download_button.setAccessibleName("Download selected model")
+        self.verify_button = QPushButton("Verify")
+        self.verify_button.setAccessibleName("Verify selected model's files")
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.setAccessibleName("Delete selected model")
+        self.open_folder_button = QPushButton("Open folder")
+        self.open_folder_button.setAccessibleName("Open selected model's folder")
         self.status_label = QLabel("")
         self.status_label.setObjectName("pickerStatus")
         self.status_label.setAccessibleName("Model choice status")
@@ -118,6 +130,9 @@ class VariantPicker(QWidget):
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.status_label, 1)
+        buttons.addWidget(self.open_folder_button)
+        buttons.addWidget(self.verify_button)
+        buttons.addWidget(self.delete_button)
         buttons.addWidget(self.download_button)
         buttons.addWidget(self.use_button)
 
@@ -129,7 +144,14 @@ class VariantPicker(QWidget):
         layout.addLayout(buttons)
 
         if not choosing:
-            for widget in (title, self.use_button, self.download_button):
+            for widget in (
+                title,
+                self.use_button,
+                self.download_button,
+                self.verify_button,
+                self.delete_button,
+                self.open_folder_button,
+            ):
                 widget.hide()
             layout.setContentsMargins(0, 0, 0, 0)
         self._choosing = choosing
@@ -140,6 +162,13 @@ class VariantPicker(QWidget):
         self.download_button.clicked.connect(
             lambda: self.download_requested.emit(self.current_id() or "")
         )
+        self.delete_button.clicked.connect(
+            lambda: spawn(self.delete(self.current_id() or ""), "Deleting a model")
+        )
+        self.verify_button.clicked.connect(
+            lambda: spawn(self.verify(self.current_id() or ""), "Verifying a model")
+        )
+        self.open_folder_button.clicked.connect(self.open_folder)
         self.populate()
 
     # --- content -----------------------------------------------------------------
@@ -187,6 +216,8 @@ class VariantPicker(QWidget):
                 item.setText(4, "Checking…")
             else:
                 text = FIT_TEXT[verdict.kind]
+                if verdict.plan is not None and verdict.plan.context.shortened:
+                    text += f" at {verdict.plan.context.tokens:,} tokens"
                 if verdict.kind is FitKind.DOES_NOT_FIT and verdict.suggestion:
                     text += f" → try {self._label(verdict.suggestion)}"
                 item.setText(4, text)
@@ -247,13 +278,25 @@ class VariantPicker(QWidget):
                 fit = verdict.kind is FitKind.DOES_NOT_FIT
                 lead = "To make it fit" if fit else "For full speed"
                 lines.append(f"{lead}: " + html.escape("; or ".join(verdict.fixes)) + ".")
-            elif verdict.suggestion and verdict.kind is not FitKind.FITS:
-                lines.append(f"Suggested instead: {html.escape(self._label(verdict.suggestion))}.")
+            else:
+                if verdict.hint:
+                    lines.append(html.escape(verdict.hint))
+                if verdict.suggestion and verdict.kind is not FitKind.FITS:
+                    suggested = html.escape(self._label(verdict.suggestion))
+                    lines.append(f"Suggested instead: {suggested}.")
+            if verdict.longer:
+                lines.append(
+                    "For a longer context: " + html.escape("; or ".join(verdict.longer)) + "."
+                )
         if variant.gated:
             lines.append("Gated on Hugging Face: accept the license and save a token first.")
         self.detail_label.setText("<br/>".join(lines))
         needs_download = not variant.is_bundled and not self._cached(variant.id)
         self.download_button.setVisible(needs_download and self._choosing)
+        on_disk = self._choosing and not needs_download
+        self.open_folder_button.setVisible(on_disk)
+        self.verify_button.setVisible(on_disk and not variant.is_bundled)
+        self.delete_button.setVisible(on_disk and not variant.is_bundled)
         self.use_button.setEnabled(variant_id != self._selected)
 
     # --- choosing -----------------------------------------------------------------------
@@ -279,3 +322,103 @@ class VariantPicker(QWidget):
         self.populate()
         self.variant_chosen.emit(variant_id)
         return True
+
+    # --- the model's files: delete, verify, open folder ------------------------------------
+
+    async def delete(self, variant_id: str) -> bool:
+        """Ask, then delete ``variant_id`` from the Hugging Face cache; ``False`` if declined
+        or refused (the status line says why: it runs, or it is being downloaded)."""
+        from gemma_desktop.core.models import local_models
+        from gemma_desktop.core.models.downloads import format_bytes
+
+        hub_cache = self._state.settings.hf_hub_cache.value
+        label = self._label(variant_id)
+        self.delete_button.setEnabled(False)
+        try:
+            try:
+                model = await run_blocking(
+                    local_models.get_model, variant_id, hub_cache, self._catalog
+                )
+                # Refuse before asking: a running model is not deleted whatever the answer.
+                await run_blocking(_check_not_in_use, variant_id)
+            except GemmaDesktopError as exc:
+                self.status_label.setText(f"{exc.reason} {exc.hint}")
+                return False
+            where = f" in {model.path}" if model.path is not None else ""
+            if not await dialogs.ask(
+                self,
+                "Delete model",
+                f"Delete {label} from this computer?",
+                informative=f"It frees {format_bytes(model.size_on_disk)}{where}. "
+                "Downloading it again takes the same time as the first download.",
+                yes_text="Delete",
+            ):
+                return False
+            try:
+                result = await run_blocking(
+                    local_models.delete_model, variant_id, hub_cache, self._catalog
+                )
+            except (GemmaDesktopError, OSError) as exc:
+                reason = (
+                    f"{exc.reason} {exc.hint}"
+                    if isinstance(exc, GemmaDesktopError)
+                    else f"Could not delete {label}: {exc}"
+                )
+                self.status_label.setText(reason)
+                return False
+        finally:
+            self.delete_button.setEnabled(True)
+        self.status_label.setText(f"Deleted {label}: {format_bytes(result.freed_bytes)} freed.")
+        self.populate()
+        return True
+
+    async def verify(self, variant_id: str) -> bool:
+        """Hash the model's files (the Hub's hashes, else the cache's); ``True`` when all match."""
+        from gemma_desktop.core.models.downloads import DownloadManager
+        from gemma_desktop.core.models.local_models import verify_model
+
+        label = self._label(variant_id)
+        manager = DownloadManager(
+            catalog=self._catalog, cache_dir=self._state.settings.hf_hub_cache.value
+        )
+        self.verify_button.setEnabled(False)
+        self.status_label.setText(f"Checking the files of {label}…")
+        try:
+            report = await run_blocking(lambda: verify_model(variant_id, manager=manager))
+        except GemmaDesktopError as exc:
+            self.status_label.setText(f"{exc.reason} {exc.hint}")
+            return False
+        finally:
+            self.verify_button.setEnabled(True)
+        against = "the Hub's hashes" if report.against == "hub" else "the cache's own hashes"
+        note = f" {report.note}" if report.note else ""
+        if report.ok:
+            self.status_label.setText(
+                f"All {len(report.files)} files of {label} match {against}.{note}"
+            )
+        else:
+            names = ", ".join(f.path for f in report.failed)
+            self.status_label.setText(
+                f"{len(report.failed)} file(s) of {label} do not match {against}: {names}. "
+                f"Delete the model and download it again.{note}"
+            )
+        return report.ok
+
+    def model_folder(self, variant_id: str) -> str | None:
+        """The folder the engine loads ``variant_id`` from, if it is downloaded."""
+        path = local_model_path(variant_id, self._state.settings.hf_hub_cache.value)
+        return str(path) if path is not None else None
+
+    def open_folder(self) -> None:
+        variant_id = self.current_id()
+        folder = self.model_folder(variant_id) if variant_id is not None else None
+        if folder is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(folder))
+
+
+def _check_not_in_use(variant_id: str) -> None:
+    """Raise the refusal while ``variant_id`` runs or downloads (on a worker thread)."""
+    from gemma_desktop.core.models.model_use import exclusive_use
+
+    with exclusive_use(variant_id):
+        pass
