@@ -20,7 +20,14 @@ its CPU settings, with and without text-only mode: engine start, memory (PSS
 of the app and every engine process) and the time to first token of a text,
 an image and an audio prompt. Writes ``bench/results/gemma4.json``.
 
-    .venv/bin/python bench/bench_engine.py [--tokens 256] [--rounds 1]
+Then the local API (``--api``, on by default): in one fresh process the app's engine
+on the bundled model, and the local API (``gemma-desktop serve``'s and the window's)
+over it; the same prompt, greedy, streamed, first in-process (``VllmEngine.chat``)
+then through the API by the official ``openai`` client in its own process, alternating
+for ``API_ROUNDS`` rounds: tokens per second and time to first token of each. Writes
+``bench/results/api.json``.
+
+    .venv/bin/python bench/bench_engine.py [--tokens 256] [--rounds 1] [--api|--no-api]
 """
 
 from __future__ import annotations
@@ -565,6 +572,139 @@ def bench_gemma4(sizes: tuple[str, ...]) -> None:
     print(f"wrote {GEMMA4_RESULTS.relative_to(REPO)}")
 
 
+# --- the local API against the in-process engine ------------------------------------------
+
+API_RESULTS = REPO / "bench" / "results" / "api.json"
+API_ROUNDS = 3
+#: The client side, in its own interpreter (as an editor or a script would be).
+API_CLIENT = """
+import json, sys, time
+import openai
+url, token, tokens, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+client = openai.OpenAI(base_url=url, api_key=token, max_retries=0)
+t0 = time.perf_counter()
+first = None
+count = 0
+stream = client.chat.completions.create(
+    model="gemma-local", messages=[{"role": "user", "content": prompt}], temperature=0,
+    max_tokens=tokens, stream=True, stream_options={"include_usage": True},
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content and first is None:
+        first = time.perf_counter() - t0
+    if chunk.usage is not None:
+        count = chunk.usage.completion_tokens
+total = time.perf_counter() - t0
+print(json.dumps({"ttft_s": first, "total_s": total, "tokens": count}))
+"""
+
+
+def run_api(tokens: int) -> dict[str, Any]:
+    """The app's engine on the bundled model, measured in-process and through the local API
+    (the client in another process), alternating; medians of :data:`API_ROUNDS` rounds."""
+    import asyncio
+    import tempfile
+
+    config = _engine_config()
+    from gemma_desktop.core.engine.local_api import LocalApiTokenStore, server_for
+    from gemma_desktop.core.engine.protocol import SamplingOptions, StreamEnd
+    from gemma_desktop.core.engine.vllm_local import VllmEngine, preload_vllm
+
+    def rate(run: dict[str, Any]) -> float:
+        return float((run["tokens"] - 1) / max(run["total_s"] - run["ttft_s"], 1e-9))
+
+    async def in_process(engine: VllmEngine) -> dict[str, Any]:
+        from gemma_desktop.core.engine.protocol import ChatMessage
+
+        options = SamplingOptions(temperature=0.0, max_tokens=tokens)
+        t0 = time.perf_counter()
+        async for item in engine.chat([ChatMessage("user", PROMPT)], options):
+            if isinstance(item, StreamEnd):
+                stats = item.stats
+        total = time.perf_counter() - t0
+        return {
+            "ttft_s": stats.time_to_first_token_s,
+            "total_s": total,
+            "tokens": stats.completion_tokens,
+        }
+
+    async def through_api(url: str, token: str) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", API_CLIENT, url, token, str(tokens), PROMPT,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+    async def main(folder: Path) -> dict[str, Any]:
+        preload_vllm("ERROR")
+        engine = VllmEngine(config)
+        await engine.start()
+        server = server_for(
+            engine, "gemma-local", port=0, token_store=LocalApiTokenStore(folder / "token")
+        )
+        assert server is not None
+        await server.start()
+        assert server.address is not None and server.token is not None
+        runs: dict[str, list[dict[str, Any]]] = {"engine": [], "api": []}
+        try:
+            await in_process(engine)  # warm-up: the first request of each path is slower
+            await through_api(server.address, server.token.value)
+            for _ in range(API_ROUNDS):
+                runs["engine"].append(await in_process(engine))
+                runs["api"].append(await through_api(server.address, server.token.value))
+        finally:
+            await server.stop()
+            await engine.shutdown()
+        for side in runs.values():
+            for run in side:
+                run["tokens_per_s"] = rate(run)
+        return runs
+
+    with tempfile.TemporaryDirectory() as folder:
+        return asyncio.run(main(Path(folder)))
+
+
+def bench_api(tokens: int) -> None:
+    """Tokens/s and TTFT through the local API against the in-process engine; table + JSON."""
+    print("local API against the in-process engine...", file=sys.stderr, flush=True)
+    runs = _run_child(
+        ["api", "--tokens", str(tokens)],
+        "api",
+        PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+    )
+    figures = {
+        side: {k: _median(runs[side], k) for k in ("ttft_s", "tokens_per_s", "tokens")}
+        for side in ("engine", "api")
+    }
+    engine, api = figures["engine"], figures["api"]
+    ratio = api["tokens_per_s"] / engine["tokens_per_s"]
+    overhead_ms = (api["ttft_s"] - engine["ttft_s"]) * 1000
+    print(f"\nLocal API: {tokens} greedy tokens, bundled model, {API_ROUNDS} rounds, median")
+    print(f"{'':<16}{'in-process':>12}{'through API':>13}")
+    print(
+        f"{'tokens/s':<16}{engine['tokens_per_s']:>12.1f}{api['tokens_per_s']:>13.1f}"
+        f"   ratio {ratio:.3f}"
+    )
+    print(
+        f"{'first token':<16}{engine['ttft_s'] * 1000:>9.0f} ms{api['ttft_s'] * 1000:>10.0f} ms"
+        f"   +{overhead_ms:.1f} ms"
+    )
+    API_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "api",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "model": "bundled/gemma-3-270m (bf16, CPU)",
+        "prompt": PROMPT,
+        "tokens": tokens,
+        "runs": runs,
+        "figures": {**figures, "throughput_ratio": ratio, "ttft_overhead_ms": overhead_ms},
+    }
+    API_RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {API_RESULTS.relative_to(REPO)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tokens", type=int, default=256)
@@ -580,12 +720,25 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="Gemma 4 figures: both checkpoint sizes (all), the small one, none, or only them",
     )
-    parser.add_argument("--child", choices=("raw", "app", "gemma4"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--api",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the local API against the in-process engine (--api-only: nothing else)",
+    )
+    parser.add_argument("--api-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("raw", "app", "gemma4", "api"), help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=("small", "full"), help=argparse.SUPPRESS)
     parser.add_argument("--text-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child == "gemma4":
         print("RESULT " + json.dumps(run_gemma4(args.size, args.text_only)), flush=True)
+        return 0
+    if args.child == "api":
+        print("RESULT " + json.dumps(run_api(args.tokens)), flush=True)
+        return 0
+    if args.api_only:
+        bench_api(args.tokens)
         return 0
     gemma4_sizes = {"all": ("small", "full"), "only": ("small", "full"), "small": ("small",)}
     if args.gemma4 == "only":
@@ -681,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(REPO)}")
+    if args.api:
+        bench_api(args.tokens)
     if args.gemma4 != "none":
         bench_gemma4(gemma4_sizes[args.gemma4])
     return 0

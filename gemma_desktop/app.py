@@ -13,7 +13,9 @@
    the answer, downloads, the local API, the engine, the history.
 
 :func:`run_app` adds the Qt application, the event loop, the single-instance
-guard, the tray and the setup wizard, and runs until the quitter finishes.
+guard, the claim on the local engine (:mod:`gemma_desktop.core.engine_owner`: no
+engine beside ``gemma-desktop serve``), the tray and the setup wizard, and runs
+until the quitter finishes.
 
 vLLM starts its engine process with the *spawn* method, which imports the
 main module again: everything here runs only from :func:`main`.
@@ -39,6 +41,7 @@ from gemma_desktop.core.chat.history import AsyncHistory, HistoryError, HistoryS
 from gemma_desktop.core.engine.assembly import EngineAssembly
 from gemma_desktop.core.engine.processes import EngineRegistry
 from gemma_desktop.core.engine.protocol import Engine, ProgressListener, StartProgress
+from gemma_desktop.core.engine_owner import EngineOwner
 from gemma_desktop.core.logs import RedactingFilter
 from gemma_desktop.core.machine.probe import GpuReader, ProbeService, decide_startup
 from gemma_desktop.core.models.catalog import VariantCatalog
@@ -63,6 +66,8 @@ class GemmaDesktopApp:
 
     ``engine_factory``, ``gpu_reader`` and ``token_validator`` replace the real
     ones (screenshots inject GPU readings; tests pass the session's engine).
+    ``engine_owner`` is this process's claim on the local engine (:func:`run_app`
+    takes it): without it held, the assembly refuses to build a local engine.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class GemmaDesktopApp:
         token_validator: Callable[[str], str] | None = None,
         crash_dialogs: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
+        engine_owner: EngineOwner | None = None,
     ) -> None:
         # 1. logging and the crash handler
         self.redactor = RedactingFilter()
@@ -103,7 +109,10 @@ class GemmaDesktopApp:
         self.remote_session_keys: dict[str, str] = {}
         self.engine_registry = EngineRegistry()
         self.assembly = EngineAssembly(
-            self.catalog, session_keys=self.remote_session_keys, registry=self.engine_registry
+            self.catalog,
+            session_keys=self.remote_session_keys,
+            registry=self.engine_registry,
+            owner=engine_owner,
         )
 
         # 3. the engine and the local API
@@ -307,7 +316,12 @@ def run_app(*, no_auto_start: bool = False) -> int:
     if not instance.acquire():
         log.info("%s is already running; asked it to come to the front", APP_NAME)
         return 0
-    app = GemmaDesktopApp(loop=loop)
+    # Nor an engine beside `gemma-desktop serve`: the window opens, its engine start
+    # says who runs the model (and takes the claim once serve has stopped).
+    owner = EngineOwner("window")
+    if not owner.acquire():
+        log.info("the local engine is taken: %s", owner.holder())
+    app = GemmaDesktopApp(loop=loop, engine_owner=owner)
     tray = install_tray(app)
     instance.activated.connect(lambda: raise_window(app.window))
     quitting = asyncio.Event()
@@ -366,6 +380,7 @@ def run_app(*, no_auto_start: bool = False) -> int:
                 startup.cancel()
     finally:
         del tray
+        owner.release()
         instance.release()
         log.info("%s stopped", APP_NAME)
         app.close()

@@ -22,7 +22,16 @@ from gemma_desktop import APP_ID, __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("gemma_desktop.commands.probe", "check this machine and print the report"),
     "chat": ("gemma_desktop.commands.chat", "chat with the local engine in the terminal"),
+    "serve": (
+        "gemma_desktop.commands.serve",
+        "serve the model on the local API without a window (OpenAI and Anthropic APIs)",
+    ),
+    "api-token": ("gemma_desktop.commands.api_token", "print the local API's token"),
     "download": ("gemma_desktop.commands.download", "download a model from the Hugging Face Hub"),
+    "models": (
+        "gemma_desktop.commands.models",
+        "list the models on disk; delete or verify one",
+    ),
     "install-desktop-entry": (
         "gemma_desktop.commands.desktop_entry",
         "add Gemma Desktop to the desktop's application menu",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,7 @@ pytest_plugins = [
         "tests.fixtures.engine",
         "tests.fixtures.fakehub",
         "tests.fixtures.gemma4",
+        "tests.fixtures.scripted_gemma4",
         "tests.fixtures.keyring",
         "tests.fixtures.display",
         "tests.fixtures.app",
@@ -78,3 +80,26 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     for name in _SCRUBBED:
         monkeypatch.delenv(name, raising=False)
     yield home
+
+
+_sessions: list[pytest.Session] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _sessions.append(session)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process once pytest has reported, without the interpreter's exit handlers.
+
+    Triton (imported by the engines the tests start in this process) registers a nanobind
+    exit handler (``Py_AtExit``) that lists every Triton object still alive at exit:
+    hundreds of ``nanobind: leaked ...`` lines after the summary, about objects the process
+    is about to drop anyway. Nothing of the app's is affected (its engines run in child
+    processes that the session fixtures have shut down by now).
+    """
+    if _sessions and "triton" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(_sessions[-1].exitstatus))

@@ -10,14 +10,23 @@ the engine, shuts the engine down and exits with 130.
 ``--image FILE`` and ``--audio FILE`` (each repeatable) attach files to the
 message; ``--think`` asks a model that can think (Gemma 4 ``-it``) to think
 first. A model that cannot take an attachment refuses it before anything is
-sent (exit 1, with the reason).
+sent (exit 1, with the reason). ``--json-schema FILE`` makes the answer JSON
+that validates against the schema in FILE (vLLM's structured outputs; the
+answer is checked to parse, and an answer cut off by ``--max-tokens`` is an
+error).
 
-Without ``--variant`` it runs the model the window would start here (the same
-probe and rule, :func:`gemma_desktop.core.machine.probe.decide_startup`): the
-configured one, or the bundled Gemma 3 270M when nothing was chosen and the
-default Gemma 4 cannot run (provisioned on first use, progress on stderr). The
-engine is built by :mod:`gemma_desktop.core.engine.assembly`, as the window's is.
-Runs on a plain asyncio loop; no Qt is loaded.
+It uses the engine the saved settings choose, built by
+:meth:`gemma_desktop.core.engine.assembly.EngineAssembly.build` as the window's
+is: this computer's vLLM, or the remote vLLM server the Connections page saved
+(the model, and what it takes, are then the server's). ``--remote URL
+[--remote-model NAME]`` picks a server for this run (its key: the keyring entry
+the Connections page saved for it, else ``GEMMA_DESKTOP_REMOTE_API_KEY``), and
+``--local`` this computer. Locally, without ``--variant`` it runs the model the
+window would start here (the same probe and rule,
+:func:`gemma_desktop.core.machine.probe.decide_startup`): the configured one, or
+the bundled Gemma 3 270M when nothing was chosen and the default Gemma 4 cannot
+run (provisioned on first use, progress on stderr). Runs on a plain asyncio loop;
+no Qt is loaded.
 """
 
 from __future__ import annotations
@@ -25,16 +34,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
+
+from gemma_desktop.commands import print_error
 
 if TYPE_CHECKING:
     from gemma_desktop.core.engine.assembly import MachineFacts
     from gemma_desktop.core.machine.probe import ProbeReport, ProbeService
     from gemma_desktop.core.settings import Settings
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: The remote server's API key for ``--remote`` (when the keyring has none for it).
+REMOTE_KEY_ENV = "GEMMA_DESKTOP_REMOTE_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -71,18 +85,25 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--think", action="store_true", help="let the model think before it answers"
     )
-
-
-def _error(exc: Exception, err: TextIO) -> int:
-    from gemma_desktop.core.errors import GemmaDesktopError
-
-    if isinstance(exc, GemmaDesktopError):
-        print(f"error: {exc.reason}", file=err)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=err)
-    else:
-        print(f"error: {type(exc).__name__}: {exc}", file=err)
-    return EXIT_ERROR
+    parser.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="answer with JSON that validates against the JSON Schema in FILE",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--remote",
+        metavar="URL",
+        help=f"use the vLLM server at URL for this run (key: keyring, else ${REMOTE_KEY_ENV})",
+    )
+    where.add_argument(
+        "--local",
+        action="store_true",
+        help="use this computer's engine even when the app is set to a remote server",
+    )
+    parser.add_argument(
+        "--remote-model", metavar="NAME", help="the server's model (default: its first)"
+    )
 
 
 def run(args: argparse.Namespace, probe: ProbeService | None = None) -> int:
@@ -98,12 +119,22 @@ def run(args: argparse.Namespace, probe: ProbeService | None = None) -> int:
     if args.temperature < 0:
         print("error: --temperature cannot be negative", file=sys.stderr)
         return 2
+    if args.remote_model and not args.remote:
+        print("error: --remote-model needs --remote URL", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json_schema and args.think:
+        print("error: --json-schema answers without thinking; leave out --think", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        schema = read_json_schema(args.json_schema) if args.json_schema else None
+    except GemmaDesktopError as exc:
+        return print_error(exc)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_chat(args, loop, probe))
+        return loop.run_until_complete(_chat(args, loop, probe, schema))
     except GemmaDesktopError as exc:
-        return _error(exc, sys.stderr)
+        return print_error(exc)
     finally:
         loop.close()
         asyncio.set_event_loop(None)
@@ -122,10 +153,35 @@ def choose_machine(
     return report, chosen, MachineFacts.from_report(report)
 
 
+def read_json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema in the file ``name`` (a JSON object), or a clear error."""
+    from pathlib import Path
+
+    from gemma_desktop.core.errors import GemmaDesktopError
+
+    path = Path(name).expanduser()
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GemmaDesktopError(
+            f"Cannot read the JSON Schema {path}: {exc.strerror}", "Check the file name."
+        ) from None
+    except ValueError as exc:
+        raise GemmaDesktopError(
+            f"{path} is not JSON: {exc}", "A JSON Schema is a JSON object."
+        ) from None
+    if not isinstance(schema, dict):
+        raise GemmaDesktopError(f"{path} is not a JSON object.", "A JSON Schema is an object.")
+    return schema
+
+
 async def _chat(
-    args: argparse.Namespace, loop: asyncio.AbstractEventLoop, probe: ProbeService | None = None
+    args: argparse.Namespace,
+    loop: asyncio.AbstractEventLoop,
+    probe: ProbeService | None = None,
+    schema: dict[str, Any] | None = None,
 ) -> int:
-    from gemma_desktop.core.engine.assembly import EngineAssembly
+    from gemma_desktop.core.engine.assembly import EngineAssembly, chosen_engine
     from gemma_desktop.core.engine.protocol import (
         ChatMessage,
         SamplingOptions,
@@ -134,6 +190,8 @@ async def _chat(
         TextDelta,
         ThinkingDelta,
     )
+    from gemma_desktop.core.engine.remote import RemoteTarget, normalize_base_url
+    from gemma_desktop.core.engine.vllm_local import VllmEngine
     from gemma_desktop.core.models.catalog import VariantCatalog
     from gemma_desktop.core.settings import load_settings
 
@@ -142,8 +200,19 @@ async def _chat(
     for warning in settings.warnings:
         print(f"warning: {warning.message}", file=err)
     catalog = VariantCatalog()
+    kind = "local" if args.local else "remote" if args.remote else chosen_engine(settings)
+    target = None
+    if args.remote:
+        target = RemoteTarget(normalize_base_url(args.remote), args.remote_model)
+    if kind == "remote" and args.variant:
+        print(
+            "error: --variant picks a model on this computer, but this run uses a remote "
+            "server; pick its model with --remote-model, or add --local",
+            file=err,
+        )
+        return EXIT_USAGE
     # The same probe and the same start-up rule as the window.
-    _report, chosen, machine = await loop.run_in_executor(
+    report, chosen, _machine = await loop.run_in_executor(
         None, choose_machine, settings, args.variant, probe
     )
     variant = catalog.get(chosen)
@@ -152,7 +221,15 @@ async def _chat(
         fraction = f" ({step.fraction:.0%})" if step.fraction is not None else ""
         print(f"[{step.message}]{fraction}", file=err, flush=True)
 
-    engine = await EngineAssembly(catalog).local(variant.id, settings, machine, on_progress)
+    session_keys: dict[str, str] = {}
+    env_key = os.environ.get(REMOTE_KEY_ENV, "").strip()
+    if kind == "remote" and env_key:
+        remote = target or RemoteTarget.from_saved(settings.saved)
+        if remote is not None:
+            session_keys[remote.base_url] = env_key
+    engine = await EngineAssembly(catalog, session_keys=session_keys).build(
+        variant.id, settings, report, on_progress, engine=kind, target=target
+    )
     interrupted = False
     request_id: str | None = None
     main_task = asyncio.current_task()
@@ -170,16 +247,19 @@ async def _chat(
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
         message = ChatMessage("user", " ".join(args.prompt), attachments(args))
-        engine.check_attachments([message])  # before a start that could not help
-        print(f"[starting {variant.label}]", file=err, flush=True)
-        await engine.start()
+        if isinstance(engine, VllmEngine):
+            engine.check_attachments([message])  # before a start that could not help
+            print(f"[starting {variant.label}]", file=err, flush=True)
+        await engine.start(on_progress)  # a remote engine learns its model's abilities here
         options = SamplingOptions(
             temperature=args.temperature,
             max_tokens=args.max_tokens,
             seed=args.seed,
             thinking=args.think,
+            json_schema=schema,
         )
         end: StreamEnd | None = None
+        answer: list[str] = []
         request_id = f"cli-{id(engine):x}"
         dim = err.isatty()
         thought = False  # thinking was shown on stderr: end its line before the answer
@@ -193,6 +273,7 @@ async def _chat(
                     err.flush()
                     thought = True
             elif isinstance(item, TextDelta):
+                answer.append(item.text)
                 if thought:
                     err.write("\n")
                     thought = False
@@ -207,7 +288,11 @@ async def _chat(
         _print_stats(end, args.json, out, err)
         if interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_ERROR if end.stats.finish_reason == "error" else EXIT_OK
+        if end.stats.finish_reason == "error":
+            return EXIT_ERROR
+        if schema is not None and not _answer_is_json(answer, end, args.max_tokens, err):
+            return EXIT_ERROR
+        return EXIT_OK
     except asyncio.CancelledError:
         if interrupted:
             print("\ninterrupted", file=err)
@@ -218,6 +303,25 @@ async def _chat(
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         await asyncio.shield(engine.shutdown())
+
+
+def _answer_is_json(answer: list[str], end: Any, max_tokens: int, err: TextIO) -> bool:
+    """Whether a ``--json-schema`` answer parses (the grammar made it valid as far as it
+    went); says why not on stderr."""
+    try:
+        json.loads("".join(answer))
+    except ValueError as exc:
+        if end.stats.finish_reason == "length":
+            print(
+                f"error: the answer was cut off at --max-tokens {max_tokens}, before its JSON "
+                "was complete",
+                file=err,
+            )
+            print("hint: raise --max-tokens", file=err)
+        else:
+            print(f"error: the answer is not JSON: {exc}", file=err)
+        return False
+    return True
 
 
 def attachments(args: argparse.Namespace) -> tuple[Any, ...]:

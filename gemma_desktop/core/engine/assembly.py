@@ -11,7 +11,11 @@ and the same settings always give the same engine:
   for a variant on that machine, loading the model from its folder on disk;
 * :class:`EngineAssembly` builds the engine the user chose: the local vLLM
   engine (preparing the bundled model first, with progress) or a remote
-  ``vllm serve`` server (``engine=remote`` in the saved settings).
+  ``vllm serve`` server (``engine=remote`` in the saved settings). A command
+  may choose differently for one run (``chat --remote URL``, ``--local``).
+  With an :class:`~gemma_desktop.core.engine_owner.EngineOwner` it refuses to
+  build a local engine while another Gemma Desktop process runs one (the
+  window beside ``gemma-desktop serve``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from gemma_desktop.core.engine.config import EngineConfig
 from gemma_desktop.core.engine.protocol import (
@@ -36,7 +40,9 @@ from gemma_desktop.core.settings import Settings
 
 if TYPE_CHECKING:
     from gemma_desktop.core.engine.processes import EngineRegistry
+    from gemma_desktop.core.engine.remote import RemoteTarget
     from gemma_desktop.core.engine.vllm_local import VllmEngine
+    from gemma_desktop.core.engine_owner import EngineOwner
     from gemma_desktop.core.machine.gpu import GpuInfo
     from gemma_desktop.core.machine.probe import ProbeReport, VllmBuild
 
@@ -92,11 +98,22 @@ def local_config(
     )
 
 
+#: Where the engine runs: this computer's vLLM, or a remote ``vllm serve``.
+EngineKind = Literal["local", "remote"]
+
+
+def chosen_engine(settings: Settings) -> EngineKind:
+    """The engine the saved settings choose (the Connections page saves ``engine``)."""
+    return "remote" if settings.saved.get("engine") == "remote" else "local"
+
+
 class EngineAssembly:
     """Builds the engine for a variant, as the user chose it (local or remote).
 
     ``session_keys`` holds remote API keys kept for this session only (when no
-    keyring works); otherwise a remote key comes from the keyring.
+    keyring works); otherwise a remote key comes from the keyring. ``owner`` is this
+    process's claim on the local engine: a local engine is built only while it holds
+    it (otherwise :class:`~gemma_desktop.core.engine_owner.EngineOwnedError`).
     """
 
     def __init__(
@@ -105,11 +122,13 @@ class EngineAssembly:
         *,
         session_keys: Mapping[str, str] | None = None,
         registry: EngineRegistry | None = None,
+        owner: EngineOwner | None = None,
     ) -> None:
         self.catalog = catalog or VariantCatalog()
         self.session_keys = session_keys if session_keys is not None else {}
         #: Where the local engine records its processes (the next launch ends leftovers).
         self.registry = registry
+        self.owner = owner
 
     async def build(
         self,
@@ -117,10 +136,18 @@ class EngineAssembly:
         settings: Settings,
         report: ProbeReport,
         progress: ProgressListener | None = None,
+        *,
+        engine: EngineKind | None = None,
+        target: RemoteTarget | None = None,
     ) -> Engine:
-        """The engine the saved settings choose: remote when ``engine=remote``, else local."""
-        if settings.saved.get("engine") == "remote":
-            return await self.remote(settings)
+        """The engine the saved settings choose: remote when ``engine=remote``, else local.
+
+        ``engine`` overrides the saved choice for this engine only, and ``target`` the
+        saved server (``chat --remote URL``); a ``target`` alone means remote.
+        """
+        kind = engine or ("remote" if target is not None else chosen_engine(settings))
+        if kind == "remote":
+            return await self.remote(settings, target)
         return await self.local(variant_id, settings, MachineFacts.from_report(report), progress)
 
     async def local(
@@ -140,6 +167,8 @@ class EngineAssembly:
         """
         from gemma_desktop.core.engine.vllm_local import VllmEngine, preload_vllm
 
+        if self.owner is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.owner.require)
         preload_vllm()
         variant = self.catalog.get(variant_id)
         model_path: Path | None
@@ -168,12 +197,13 @@ class EngineAssembly:
         config = local_config(settings, variant, machine, model_path=model_path, dtype=dtype)
         return VllmEngine(config, self.registry)
 
-    async def remote(self, settings: Settings) -> Engine:
-        """A :class:`RemoteEngine` for the saved server (its key: this session, else keyring)."""
+    async def remote(self, settings: Settings, target: RemoteTarget | None = None) -> Engine:
+        """A :class:`RemoteEngine` for ``target``, else the saved server (its key: this
+        session, else the keyring)."""
         from gemma_desktop.core.engine.remote import ApiKeyStore, RemoteEngine, RemoteTarget
         from gemma_desktop.core.secrets import KeyringUnavailableError
 
-        target = RemoteTarget.from_saved(settings.saved)
+        target = target or RemoteTarget.from_saved(settings.saved)
         if target is None:
             raise GemmaDesktopError(
                 "The remote vLLM server is chosen but no address is saved.",

@@ -2,19 +2,27 @@
 
 The seed's fields and defaults: ``tensor_parallel_size`` 1, ``dtype`` auto,
 ``gpu_memory_utilization`` from settings, ``max_model_len`` from settings
-(the model's own limit when unset), the Hub cache as download dir, eager mode
+(unset: the app's choice below), the Hub cache as download dir, eager mode
 (CUDA-graph capture costs ~5 GB on Gemma 4), prefix caching and chunked
 prefill left to vLLM, ``max_num_seqs`` 16, ``block_size`` and ``quantization``
 left to vLLM, ``limit_mm_per_prompt`` unset (vLLM's default: images, audio and
 video on) unless the settings ask for text-only mode (:data:`TEXT_ONLY_LIMITS`).
+Structured outputs (JSON-schema answers) through llguidance, compact
+(:data:`STRUCTURED_OUTPUTS`). A model that thinks (Gemma 4 ``-it``) gets vLLM's
+Gemma 4 reasoning parser in the engine too (``reasoning_parser``): a thinking
+budget (Anthropic's ``thinking.budget_tokens``) then ends the thinking in time,
+and a JSON schema constrains the answer after the thinking, not the thinking.
 
 On a CUDA GPU the memory estimate decides (:func:`gemma_desktop.core.machine.memory.plan_gpu`,
-on exact bytes): ``gpu_memory_utilization`` is the user's setting, or else the
-share the model needs (at least 0.5, at most 0.9 and never more than is free);
-``cpu_offload_gb`` is the user's setting, or else only what still does not fit,
-rounded up to whole GiB (an RTX 4090's 24564 MiB hold E4B without offload; a
-16 GB card offloads 4 GiB). The engine starts with sleep mode on (Free GPU
-memory) and with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` / ``CUDA_VISIBLE_DEVICES``
+on exact bytes): ``max_model_len`` is the user's setting, or else the model's
+full context where it fits without CPU offload, else the longest power of two
+(at least 8,192 tokens) that does, else the longest that fits with offload (an
+8 GB card runs E2B at 32,768 tokens); ``gpu_memory_utilization`` is the user's
+setting, or else the share the model needs (at least 0.5, at most 0.9 and never
+more than is free); ``cpu_offload_gb`` is the user's setting, or else only what
+still does not fit, rounded up to whole GiB (an RTX 4090's 24564 MiB hold E4B
+without offload; a 16 GB card offloads 4 GiB). The engine starts with sleep mode
+on (Free GPU memory) and with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` / ``CUDA_VISIBLE_DEVICES``
 naming the card the probe chose (:attr:`EngineConfig.device_env`).
 
 Without a CUDA GPU (``gpu is None``) the engine runs on vLLM's CPU
@@ -30,10 +38,13 @@ start next to other programs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from gemma_desktop.core.engine.vllm_compat import GEMMA4_REASONING_PARSER
 from gemma_desktop.core.machine.gpu import GIB, GpuInfo
 from gemma_desktop.core.machine.memory import GpuPlan, ModelFigures, figures_for, plan_gpu
 from gemma_desktop.core.models.catalog import Variant
@@ -52,6 +63,13 @@ CPU_MAX_MODEL_LEN = 4096
 #: then does vLLM skip the encoders' profiling and memory (a 262k-vocabulary
 #: Gemma 4 then starts in about a third of the time and half the RAM).
 TEXT_ONLY_LIMITS: dict[str, int] = {"image": 0, "audio": 0, "video": 0}
+#: vLLM's structured outputs (``response_format``, ``chat --json-schema``): llguidance, which
+#: takes nearly all of JSON Schema and runs on the CPU build too, writing compact JSON. With
+#: whitespace allowed between tokens, a weak model can fill ``max_tokens`` with spaces and
+#: never close the object (a random-weight Gemma 4 did, with vLLM's default backend).
+STRUCTURED_OUTPUTS: Mapping[str, Any] = MappingProxyType(
+    {"backend": "guidance", "disable_any_whitespace": True}
+)
 #: Bytes per weight of the dtypes the app passes (``auto`` is the checkpoint's own).
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
@@ -76,6 +94,8 @@ ENGINE_ARG_NAMES: tuple[str, ...] = (
     "enable_sleep_mode",
     "disable_log_stats",
     "seed",
+    "structured_outputs_config",
+    "reasoning_parser",
 )
 
 
@@ -106,6 +126,11 @@ class EngineConfig:
     enable_sleep_mode: bool | None = None
     disable_log_stats: bool = True
     seed: int | None = None
+    structured_outputs_config: Mapping[str, Any] | None = field(
+        default_factory=lambda: STRUCTURED_OUTPUTS
+    )
+    #: vLLM's reasoning parser for the engine (a model that thinks), else ``None``.
+    reasoning_parser: str | None = None
     #: Whether the engine runs on vLLM's CPU build (no CUDA GPU).
     on_cpu: bool = False
     #: Environment the engine process needs before CUDA starts (which card it gets).
@@ -160,6 +185,11 @@ class EngineConfig:
                     floor_bytes=int((variant.min_vram_gb or 0.0) * GIB),
                 )
                 util, offload = plan.utilization, plan.offload_gib or None
+                # What the estimate counted is what vLLM gets: the app's shorter choice or
+                # the user's length (capped at the model's own); for the model's full
+                # context vLLM reads the same max_position_embeddings as the estimate did
+                # (the seed's default: unset).
+                max_len = None if plan.context.reason == "model" else plan.estimate.context
             elif settings.cpu_offload_gb.value:
                 offload = settings.cpu_offload_gb.value
         return cls(
@@ -177,7 +207,15 @@ class EngineConfig:
             on_cpu=on_cpu,
             device_env=() if on_cpu else device_env,
             memory_plan=plan,
+            reasoning_parser=GEMMA4_REASONING_PARSER if variant.thinking else None,
         )
+
+    @property
+    def context_note(self) -> str:
+        """Why the context is shorter than the model's own (``32,768 tokens of context, the
+        longest that fits this card``), for the engine's status line; empty when it is not."""
+        plan = self.memory_plan
+        return plan.context.short() if plan is not None and plan.context.shortened else ""
 
     @property
     def text_only(self) -> bool:
@@ -188,4 +226,6 @@ class EngineConfig:
     def to_engine_args_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.AsyncEngineArgs``; unset (``None``) values are left out."""
         values = {name: getattr(self, name) for name in ENGINE_ARG_NAMES}
+        if self.structured_outputs_config is not None:
+            values["structured_outputs_config"] = dict(self.structured_outputs_config)
         return {key: value for key, value in values.items() if value is not None}

@@ -11,10 +11,10 @@ nothing has to probe an engine with ``getattr``.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from gemma_desktop.core.errors import GemmaDesktopError
 
@@ -93,13 +93,20 @@ class ChatMessage:
 @dataclass(frozen=True)
 class SamplingOptions:
     """Sampling parameters of one answer; ``seed`` makes sampling repeatable;
-    ``thinking`` asks a model that can think to think first (see :class:`ThinkingDelta`)."""
+    ``thinking`` asks a model that can think to think first (see :class:`ThinkingDelta`).
+
+    ``json_schema`` (a JSON Schema, as a mapping) constrains the answer to JSON that
+    validates against it, through vLLM's structured outputs (a grammar applied while
+    sampling; both engines). The grammar holds from the first token, so such an answer
+    has no thinking. An answer cut off by ``max_tokens`` is still incomplete JSON.
+    """
 
     temperature: float = 0.7
     top_p: float = 0.95
     max_tokens: int = 512
     seed: int | None = None
     thinking: bool = False
+    json_schema: Mapping[str, Any] | None = None
 
 
 @dataclass

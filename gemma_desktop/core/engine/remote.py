@@ -586,6 +586,11 @@ class RemoteEngine(EngineBase):
         }
         if options.seed is not None:
             body["seed"] = options.seed
+        if options.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": dict(options.json_schema)},
+            }
         if self._mode == "chat":
             body["messages"] = [
                 {"role": m.role, "content": contents[i] if i < len(contents) else m.content}

@@ -8,9 +8,10 @@ uses names that are not vLLM's public API (the engine classes and
 
 * :func:`cheapen_tokenizer_copies`: stop vLLM copying the tokenizer at start;
 * :func:`stop_output_handler`: quiet shutdown of ``AsyncLLM``;
-* :func:`openai_server_args`, :func:`openai_app`, :func:`require_bearer_token`,
-  :func:`init_openai_state`: vLLM's OpenAI server parts that the local API
-  mounts over the in-process engine;
+* :func:`openai_server_args`, :func:`serve_model_with`, :func:`openai_app`,
+  :func:`init_openai_state`: vLLM's OpenAI and Anthropic server parts that the
+  local API (the window's and ``gemma-desktop serve``'s) mounts over the
+  in-process engine, with vLLM's Gemma 4 tool and reasoning parsers;
 * :func:`gemma4_reasoning_parser`: vLLM's Gemma 4 reasoning parser, which tells
   thinking apart from the answer in a stream;
 * :func:`apply_engine_process_adjustments`, run in every vLLM process through
@@ -27,9 +28,12 @@ uses names that are not vLLM's public API (the engine classes and
     defaults to torchaudio, which cannot be installed beside the CPU torch).
 
   ``GEMMA_DESKTOP_VLLM_ADJUSTMENTS_OFF`` (a comma-separated list of
-  :data:`ADJUSTMENTS` names) leaves adjustments out, in every process that
-  inherits it: the tests use it to show that each one is still needed. The
-  Gemma 4 ones apply only to a Gemma 4 model (:data:`MODEL_TYPE_ENV`).
+  :data:`ADJUSTMENTS` and :data:`API_ADJUSTMENTS` names) leaves adjustments out,
+  in every process that inherits it: the tests use it to show that each one is
+  still needed. The Gemma 4 ones apply only to a Gemma 4 model (:data:`MODEL_TYPE_ENV`);
+* :func:`anthropic_thinking_turns_thinking_on` (vLLM 0.32), applied where the local
+  API's app is built (:data:`API_ADJUSTMENTS`): Anthropic's ``thinking`` did not turn on
+  Gemma 4's thinking.
 
 Each checks :func:`on_supported_line` first: an adjustment does nothing on
 another line, and the local API refuses with a message naming the version.
@@ -63,6 +67,8 @@ SUPPORTED_LINE = (0, 32)
 SUPPORTED_TRANSFORMERS_LINE = (5, 19)
 #: The adjustments :func:`apply_engine_process_adjustments` applies, by name.
 ADJUSTMENTS = ("gemma4-processor", "gemma4-audio", "audio-resampler")
+#: The adjustments :func:`openai_app` applies (in the local API's process), by name.
+API_ADJUSTMENTS = ("anthropic-thinking",)
 #: An adjustment: applies itself, returns whether it is in place.
 Adjust = Callable[[], bool]
 #: Names of :data:`ADJUSTMENTS` to leave out (comma-separated), in every process.
@@ -442,7 +448,10 @@ def stop_output_handler(llm: Any) -> None:
         handler.cancel()
 
 
-# --- the OpenAI server parts -----------------------------------------------------------------
+# --- the OpenAI and Anthropic server parts -----------------------------------------------------
+
+#: vLLM's name of the Gemma 4 tool-call parser (``--tool-call-parser gemma4``).
+GEMMA4_TOOL_PARSER = "gemma4"
 
 
 def openai_server_args(served_model_name: str) -> Any:
@@ -455,31 +464,89 @@ def openai_server_args(served_model_name: str) -> Any:
     return parser.parse_args(["--served-model-name", served_model_name])
 
 
+def serve_model_with(
+    args: Any,
+    *,
+    model: str,
+    chat_template: str | None,
+    reasoning_parser: str | None,
+    tool_parser: str | None,
+) -> None:
+    """Set ``args`` as ``vllm serve MODEL [--chat-template T] [--reasoning-parser R]
+    [--enable-auto-tool-choice --tool-call-parser P]`` would.
+
+    The serving classes read the reasoning parser from ``args.structured_outputs_config``
+    (the CLI copies ``--reasoning-parser`` there when it builds the engine), so both are set.
+    """
+    args.model = model
+    args.chat_template = chat_template
+    args.reasoning_parser = reasoning_parser or ""
+    args.structured_outputs_config.reasoning_parser = reasoning_parser or ""
+    args.enable_auto_tool_choice = tool_parser is not None
+    args.tool_call_parser = tool_parser
+
+
 def openai_app(args: Any) -> Any:
-    """A FastAPI app with vLLM's ``/v1/models``, chat and completion routes and error handlers."""
+    """A FastAPI app with vLLM's chat and completion routes, its Anthropic Messages routes
+    (``/v1/messages``, ``/v1/messages/count_tokens``) and its error handlers.
+
+    ``/v1/models`` is not among them: the local API answers it itself (with what the
+    model takes). Requests are not authenticated here.
+    """
     _require_line("The local API")
     from fastapi import FastAPI
+    from vllm.entrypoints.anthropic.api_router import attach_router as attach_anthropic
     from vllm.entrypoints.openai.chat_completion.api_router import attach_router as attach_chat
     from vllm.entrypoints.openai.completion.api_router import (
         attach_router as attach_completion,
     )
-    from vllm.entrypoints.openai.models.api_router import attach_router as attach_models
     from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
+    anthropic_thinking_turns_thinking_on()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.args = args
-    attach_models(app)
     attach_chat(app)
     attach_completion(app)
+    attach_anthropic(app)
     init_exception_handler(app)
     return app
 
 
-def require_bearer_token(app: Any, token: str) -> None:
-    """vLLM's ``--api-key`` middleware: ``/v1`` requests need ``Authorization: Bearer``."""
-    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+@_adjustment("anthropic-thinking")
+def anthropic_thinking_turns_thinking_on() -> bool:
+    """Let Anthropic's ``thinking`` turn the model's thinking on (vLLM 0.32).
 
-    app.add_middleware(AuthenticationMiddleware, tokens=[token])
+    vLLM's Anthropic router turns ``thinking: {"type": "enabled", "budget_tokens": N}``
+    (what Claude Code and other Anthropic clients send) into a thinking budget and
+    nothing else. Gemma 4's chat template thinks only when ``enable_thinking`` is true,
+    which vLLM sets from OpenAI's ``reasoning_effort`` (and Anthropic's
+    ``output_config.effort``) but not from ``thinking``: such a request got no thinking.
+    Here ``thinking`` of type ``enabled`` or ``adaptive`` also sets ``enable_thinking``
+    in the chat template's arguments, unless the request set it itself (vLLM takes
+    ``chat_template_kwargs`` on ``/v1/messages`` too).
+    """
+    from vllm.entrypoints.anthropic.serving import AnthropicServingMessages
+
+    cls = AnthropicServingMessages
+    original: Any = cls.__dict__["to_chat_completion_request"].__func__
+    if getattr(original, "_enables_thinking", False):
+        return True
+
+    def to_chat_completion_request(
+        klass: Any, anthropic_request: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        request = original(klass, anthropic_request, *args, **kwargs)
+        thinking = getattr(anthropic_request, "thinking", None)
+        current = request.chat_template_kwargs or {}
+        if getattr(thinking, "type", None) in ("enabled", "adaptive") and (
+            "enable_thinking" not in current
+        ):
+            request.chat_template_kwargs = {**current, "enable_thinking": True}
+        return request
+
+    to_chat_completion_request._enables_thinking = True  # type: ignore[attr-defined]
+    setattr(cls, "to_chat_completion_request", classmethod(to_chat_completion_request))  # noqa: B010
+    return True
 
 
 async def init_openai_state(client: Any, state: Any, args: Any) -> None:

@@ -87,6 +87,7 @@ from gemma_desktop.core.media import (
     decode_attachments,
     refuse_unsupported,
 )
+from gemma_desktop.core.models.model_use import ModelBeingDeletedError, ModelUse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -261,6 +262,8 @@ class VllmEngine(EngineBase):
         self.start_time_s: float | None = None
         #: The vLLM engine :meth:`sleep` put to sleep (a restarted engine is awake).
         self._sleeping_llm: Any = None
+        #: The model is running: a delete is refused until shutdown (core.models.model_use).
+        self._model_use: ModelUse | None = None
 
     # -- protocol: state ---------------------------------------------------------
 
@@ -299,6 +302,11 @@ class VllmEngine(EngineBase):
     def _set_state(self, state: EngineState, detail: str = "", hint: str = "") -> None:
         self._publish(EngineStatus(state, detail, self.config.model_id, hint))
 
+    def _ready_detail(self) -> str:
+        """The context, where the app chose a shorter one than the model's own so that it
+        fits the card (``32,768 tokens of context, the longest that fits this card``)."""
+        return self.config.context_note
+
     # -- lifetime ------------------------------------------------------------------
 
     async def start(self, progress: ProgressListener | None = None) -> None:
@@ -316,6 +324,7 @@ class VllmEngine(EngineBase):
             began = time.perf_counter()
             try:
                 self._check_model_present()
+                self._hold_model()
                 report("Loading vLLM", 0.05)
                 await loop.run_in_executor(None, _wait_for_vllm)
                 report(f"Loading {self.config.model_id}", 0.2)
@@ -338,9 +347,11 @@ class VllmEngine(EngineBase):
                 # compile the chat template and warm the tokenizer now, not on the first Send
                 await loop.run_in_executor(None, self._warm_prompt_path)
             except EngineError as exc:
+                self._release_model()
                 self._set_state(EngineState.CRASHED, exc.reason, exc.hint)
                 raise
             except Exception as exc:
+                self._release_model()
                 error = EngineError(
                     f"The engine failed to start {self.config.model_id}: {exc}",
                     f"See the engine log for details: {engine_log_path()}",
@@ -348,11 +359,14 @@ class VllmEngine(EngineBase):
                 self._set_state(EngineState.CRASHED, error.reason, error.hint)
                 raise error from exc
             except asyncio.CancelledError:
+                self._release_model()
                 self._set_state(EngineState.STOPPED, "Start cancelled")
                 raise
             self.start_time_s = time.perf_counter() - began
             report("Ready", 1.0)
-            self._set_state(EngineState.READY, f"Started in {self.start_time_s:.0f} s")
+            started = f"Started in {self.start_time_s:.0f} s"
+            note = self._ready_detail()
+            self._set_state(EngineState.READY, f"{started} · {note}" if note else started)
             self._monitor = asyncio.ensure_future(self._watch())
 
     def _warm_prompt_path(self) -> None:
@@ -378,7 +392,15 @@ class VllmEngine(EngineBase):
         environment = self.config.device_env + (
             ((vllm_compat.MODEL_TYPE_ENV, model_type),) if model_type else ()
         )
-        args = AsyncEngineArgs(**self.config.to_engine_args_kwargs())
+        kwargs = self.config.to_engine_args_kwargs()
+        if "structured_outputs_config" in kwargs:
+            from vllm.config import StructuredOutputsConfig
+
+            # vLLM writes the reasoning parser into it: its config object, not a dict.
+            kwargs["structured_outputs_config"] = StructuredOutputsConfig(
+                **kwargs["structured_outputs_config"]
+            )
+        args = AsyncEngineArgs(**kwargs)
         # The start allocates millions of small objects (the tokenizer's vocabulary):
         # a full collection in the middle holds the GIL, and the window, for 0.1-0.3 s.
         # The engine's processes inherit the chosen GPU (CUDA_VISIBLE_DEVICES) at spawn.
@@ -405,6 +427,20 @@ class VllmEngine(EngineBase):
                 "button); gated Gemma models need an accepted license and a token.",
             )
 
+    def _hold_model(self) -> None:
+        """Mark the model as running (a delete is refused until shutdown) and note its use."""
+        use = ModelUse(self.config.model_id, "running")
+        try:
+            use.acquire()
+        except ModelBeingDeletedError as exc:
+            raise EngineError(exc.reason, exc.hint) from exc
+        self._model_use = use
+
+    def _release_model(self) -> None:
+        use, self._model_use = self._model_use, None
+        if use is not None:
+            use.release()
+
     def _explain_start_failure(self, exc: BaseException, log_offset: int) -> EngineError:
         return explain_start_failure(exc, self.config, _log_errors_since(log_offset))
 
@@ -415,6 +451,7 @@ class VllmEngine(EngineBase):
             self._monitor.cancel()
             self._monitor = None
         if llm is None:
+            self._release_model()
             if self._status.state not in (EngineState.NOT_STARTED, EngineState.CRASHED):
                 self._set_state(EngineState.STOPPED)
             return
@@ -426,6 +463,7 @@ class VllmEngine(EngineBase):
         owner, self._owner = self._owner, None
         if owner is not None:
             await owner.shutdown()
+        self._release_model()
         self._tokenizer = None
         if self._status.state != EngineState.CRASHED:
             self._set_state(EngineState.STOPPED)
@@ -593,7 +631,11 @@ class VllmEngine(EngineBase):
             media = await loop.run_in_executor(None, decode_attachments, messages)
         prompt = self.build_prompt(messages, thinking=options.thinking, media=media)
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import (
+            RequestOutputKind,
+            SamplingParams,
+            StructuredOutputsParams,
+        )
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
         # A model that thinks streams through vLLM's reasoning parser, which needs
@@ -609,6 +651,9 @@ class VllmEngine(EngineBase):
             stop=list(prompt.stop) or None,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=splitter is None,
+            structured_outputs=None
+            if options.json_schema is None
+            else StructuredOutputsParams(json=dict(options.json_schema)),
         )
         request = self._begin_request(request_id, prompt.token_count)
         rid, stats = request.request_id, request.stats
@@ -819,10 +864,12 @@ class _EngineOwner:
         except BaseException as exc:
             self.watch.stop()
             processes.kill_now(self.watch.processes())
+            processes.reap(self.watch.pids)
             self._report(None, exc)
             self._stopped.set()
             return
         self.watch.stop()
+        processes.collect_when_ended(self.watch.pids)  # whenever they end: stop, crash
         if self.cancelled:
             self._stop.set()
         else:
@@ -833,6 +880,7 @@ class _EngineOwner:
         except Exception:
             log.exception("vLLM shutdown failed; ending its processes")
         processes.end_processes(self.watch.processes())
+        processes.reap(self.watch.pids)
         if self._registry is not None:
             self._registry.clear()
         self._stopped.set()

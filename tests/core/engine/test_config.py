@@ -48,6 +48,7 @@ def test_every_passed_key_is_declared_and_accepted(tmp_path: Path) -> None:
         kv_cache_memory_bytes=1,
         enable_sleep_mode=True,
         seed=1,
+        reasoning_parser="gemma4",
     )
     kwargs = full.to_engine_args_kwargs()
     assert set(kwargs) == set(ENGINE_ARG_NAMES)
@@ -182,3 +183,21 @@ def test_the_sleep_api_the_engine_uses_exists_in_the_installed_vllm() -> None:
     from vllm.platforms import current_platform
 
     assert current_platform.is_sleep_mode_available() is False
+
+
+def test_json_answers_are_compact_and_a_thinking_model_gets_its_reasoning_parser() -> None:
+    """Structured outputs for every model (llguidance, no free whitespace); vLLM's Gemma 4
+    reasoning parser in the engine for a model that thinks (thinking budgets, and a JSON
+    schema applied after the thinking), none for one that does not."""
+    settings = load_settings(env={})
+    instruct = EngineConfig.build(settings, CATALOG.get("google/gemma-4-E2B-it"), gpu=None)
+    base = EngineConfig.build(settings, CATALOG.get("google/gemma-4-E2B"), gpu=None)
+    bundled = EngineConfig.build(settings, CATALOG.bundled, gpu=None)
+    assert instruct.to_engine_args_kwargs()["reasoning_parser"] == "gemma4"
+    assert "reasoning_parser" not in base.to_engine_args_kwargs()
+    assert "reasoning_parser" not in bundled.to_engine_args_kwargs()
+    for config in (instruct, base, bundled):
+        assert config.to_engine_args_kwargs()["structured_outputs_config"] == {
+            "backend": "guidance",
+            "disable_any_whitespace": True,
+        }
