@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,12 +221,10 @@ def test_last_used_record_survives_a_broken_file() -> None:
 
 
 def test_the_engine_holds_its_model_from_start_to_shutdown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arun: Any
 ) -> None:
     """VllmEngine takes the ``running`` use before it loads vLLM and lets go when the start
     fails; vLLM's import is replaced by a check (a real start takes a minute)."""
-    import asyncio
-
     from gemma_desktop.core.engine import vllm_local
     from gemma_desktop.core.engine.config import EngineConfig
     from gemma_desktop.core.engine.processes import EngineRegistry
@@ -246,7 +245,7 @@ def test_the_engine_holds_its_model_from_start_to_shutdown(
         EngineRegistry(tmp_path / "engine-processes.json"),
     )
     with pytest.raises(EngineError):
-        asyncio.run(engine.start())
+        arun(engine.start())  # on the session's loop, as every engine test
     assert seen == ["running"]
     assert in_use(DEFAULT_REPO) is None
     assert model_use.last_used()[DEFAULT_REPO] > 0
