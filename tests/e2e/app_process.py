@@ -258,3 +258,24 @@ def end_strays(processes: list[Tracked]) -> None:
                 os.kill(tracked.pid, signal.SIGKILL)
             except OSError:
                 continue
+
+
+def run_scenario(module: str, env: dict[str, str], timeout: float) -> dict[str, dict[str, Any]]:
+    """Run ``python -m module`` (a scenario that prints one ``{"step": ...}`` JSON line per
+    observation) and return its steps by name; fails on a reported error or exit code."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    steps: dict[str, dict[str, Any]] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            data = json.loads(line)
+            steps[data.pop("step")] = data
+    assert "error" not in steps, (steps.get("error"), proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return steps

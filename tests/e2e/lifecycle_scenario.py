@@ -14,7 +14,6 @@ the app has not collected shows as a *zombie*.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -23,22 +22,12 @@ from typing import Any
 
 from PySide6.QtWidgets import QApplication
 
+from tests.e2e.tray_scenario import emit, wait_for
+
 INSTRUCT_ID = "google/gemma-4-E2B-it"
 BASE_ID = "google/gemma-4-E2B"
 #: How long a step may take to collect an ended engine process ("as soon as it ends").
 REAP_S = 5.0
-
-
-def emit(step: str, **data: Any) -> None:
-    print(json.dumps({"step": step, **data}), flush=True)
-
-
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.05)
 
 
 def children() -> dict[str, list[int]]:

@@ -9,16 +9,13 @@ children after each step.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.app_process import finished_setup
+from tests.e2e.app_process import finished_setup, run_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,21 +28,7 @@ def test_no_engine_process_is_left_unreaped_at_any_step(
     finished_setup(isolated_dirs)
     env = {**os.environ, **xvfb_display.env, "HF_HUB_CACHE": str(gemma4_download.cache)}
     env.pop("QT_QPA_PLATFORM", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.lifecycle_scenario"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    steps = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            data = json.loads(line)
-            steps[data.pop("step")] = data
-    assert "error" not in steps, (steps.get("error"), proc.stderr[-3000:])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = run_scenario("tests.e2e.lifecycle_scenario", env, timeout=900)
 
     started = steps["started"]
     assert started["pids"] and started["zombies"] == []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from gemma_desktop.core.models.catalog import BUNDLED_MODEL_ID
 from gemma_desktop.core.settings import SettingsStore
 from gemma_desktop.ui.engine_host import EngineHost
 from gemma_desktop.ui.tray import NOTICE_KEY, Tray, describe
+from tests.e2e.app_process import run_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,21 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.engine
 @pytest.mark.display
 def test_tray_under_trayer_with_a_real_engine(tray_host: Any, isolated_dirs: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.tray_scenario"],
-        cwd=REPO,
-        env=tray_host.env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    steps = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            data = json.loads(line)
-            steps[data.pop("step")] = data
-    assert "error" not in steps, (steps.get("error"), proc.stderr[-3000:])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = run_scenario("tests.e2e.tray_scenario", tray_host.env, timeout=600)
 
     assert steps["installed"] == {"available": True, "quit_on_last": False}
     icon = steps["icon"]
