@@ -82,6 +82,16 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield home
 
 
+@pytest.fixture
+def private_runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An ``XDG_RUNTIME_DIR`` of this test only, for the per-model lock files (the session's
+    runtime dir is the user's); subprocesses the test starts inherit it."""
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    return folder
+
+
 _sessions: list[pytest.Session] = []
 
 

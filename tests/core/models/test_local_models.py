@@ -36,13 +36,7 @@ from tests.fixtures.fakehub import DEFAULT_REPO, SHARD1, FakeHub, FakeRepo, stor
 OTHER = "google/gemma-4-E2B"
 
 
-@pytest.fixture(autouse=True)
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The lock files of this test only (the session's runtime dir is the user's)."""
-    folder = tmp_path / "run"
-    folder.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")  # this test's lock files
 
 
 def scanned_size(repo_id: str) -> int:

@@ -5,7 +5,6 @@ does)."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,12 +23,7 @@ from tests.fixtures.qt import click, wait_for_question
 RUNNING = "google/gemma-4-E2B"
 
 
-@pytest.fixture(autouse=True)
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "run"
-    folder.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")  # this test's lock files
 
 
 def make_picker(qtbot: Any) -> VariantPicker:
